@@ -1,0 +1,42 @@
+# The first two commands on a fresh machine: `make demo` and `make test` (each installs what it needs).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+MLFLOW_PORT ?= 5000
+export PYTHONHASHSEED := 0
+
+.PHONY: install demo test test-all lint report mlflow-ui bench clean
+
+install: $(STAMP)
+
+# Reinstalls only when the dependency list or the setup script changes.
+$(STAMP): pyproject.toml scripts/setup_assets.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	# mediapipe's metadata pulls a second OpenCV and more; its real needs are in pyproject.
+	$(PY) -m pip install -q --no-deps mediapipe==1.2.2
+	$(PY) scripts/setup_assets.py
+	touch $(STAMP)
+
+demo: install
+	$(PY) scripts/demo.py --out $(DEMO_DIR)
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint Dockerfile
+
+report: install
+	$(PY) scripts/make_report.py --runs $(DEMO_DIR) --out report
+
+mlflow-ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(DEMO_DIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,59 @@
+"""Where the files the pipeline needs (face-detector model, media for the synthetic dataset) live.
+
+They are fetched once by ``scripts/setup_assets.py`` (run by ``make install`` and the Docker build), checked
+against the sha256 sums below, and never downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+FACE_MODEL = "models/face_detection_full_range_sparse.tflite"
+
+# relative path in the cache -> sha256; the sources are named in scripts/setup_assets.py
+CHECKSUMS: dict[str, str] = {
+    FACE_MODEL: "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+    "media/faces/astronaut.png": "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+    "media/faces/lfw_subset.npy": "9560ec2f5edfac01973f63a8a99d00053fecd11e21877e18038fbe500f8e872c",
+    "media/backgrounds/brick.png": "7966caf324f6ba843118d98f7a07746d22f6a343430add0233eca5f6eaaa8fcf",
+    "media/backgrounds/grass.png": "b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89",
+    "media/backgrounds/gravel.png": "c48615b451bf1e606fbd72c0aa9f8cc0f068ab7111ef7d93bb9b0f2586440c12",
+}
+
+
+def cache_dir() -> Path:
+    """The asset cache: ``$AVDF_CACHE`` if set, else ``~/.cache/avdeepfake``."""
+    return Path(os.environ.get("AVDF_CACHE", Path.home() / ".cache" / "avdeepfake")).expanduser()
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def asset_path(relative: str) -> Path:
+    """Path of an installed asset; a clear error says how to install it when it is missing."""
+    path = cache_dir() / relative
+    if not path.exists():
+        raise FileNotFoundError(
+            f"asset {path} is missing: run `make install` (or `python scripts/setup_assets.py`); "
+            f"set AVDF_CACHE if the assets live elsewhere"
+        )
+    return path
+
+
+def face_model_path() -> Path:
+    return asset_path(FACE_MODEL)
+
+
+def speech_files() -> list[Path]:
+    """Real recorded speech (mono wav) for the synthetic dataset, in a stable order."""
+    files = sorted((cache_dir() / "media" / "speech").glob("*.wav"))
+    if not files:
+        asset_path("media/speech")  # raises the install hint
+    return files

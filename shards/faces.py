@@ -1,0 +1,187 @@
+"""The project's one face detector (MediaPipe BlazeFace full-range), face tracking and square cropping.
+
+Why BlazeFace full-range: about 4 ms per 640x480 frame on one CPU core, finds small faces and several faces,
+Apache-2.0, and a 676 KB model (see ../shared/FACTS.md for the comparison). The model file comes from the
+asset cache (``scripts/setup_assets.py``); nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from shards.assets import face_model_path
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detection in pixel coordinates of the frame it was found in."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float
+    # six (x, y) pixel points: right eye, left eye, nose tip, mouth centre, right ear, left ear
+    keypoints: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
+
+    def box(self) -> list[float]:
+        return [self.x0, self.y0, self.x1, self.y1]
+
+
+class FaceDetector:
+    """BlazeFace full-range through the MediaPipe Tasks API. Deterministic on CPU; one per process."""
+
+    def __init__(self, min_score: float = 0.5, max_side: int = 1280):
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        self._mp = mp
+        self.max_side = max_side
+        options = vision.FaceDetectorOptions(
+            base_options=BaseOptions(model_asset_path=str(face_model_path())),
+            min_detection_confidence=min_score,
+        )
+        with _silenced_stderr():  # the TFLite runtime prints dozens of harmless lines per process
+            self._detector = vision.FaceDetector.create_from_options(options)
+        # mediapipe closes through a thread pool that is gone by the time atexit or __del__ run; threading's
+        # exit hooks run in reverse order before that pool shuts down, so closing there is clean.
+        threading._register_atexit(self.close)
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """Faces in an RGB uint8 [H, W, 3] frame, largest first."""
+        height, width = rgb.shape[:2]
+        scale = min(1.0, self.max_side / max(height, width))
+        image = rgb if scale == 1.0 else _resize(rgb, int(round(width * scale)), int(round(height * scale)))
+        result = self._detector.detect(
+            self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
+        )
+        faces = []
+        for detection in result.detections:
+            box = detection.bounding_box
+            keypoints = tuple((kp.x * width, kp.y * height) for kp in (detection.keypoints or []))
+            faces.append(Face(
+                x0=max(0.0, box.origin_x / scale), y0=max(0.0, box.origin_y / scale),
+                x1=min(width, (box.origin_x + box.width) / scale), y1=min(height, (box.origin_y + box.height) / scale),
+                score=float(detection.categories[0].score), keypoints=keypoints,
+            ))
+        return sorted(faces, key=lambda f: -f.area)
+
+    def close(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None
+
+
+@contextlib.contextmanager
+def _silenced_stderr() -> Iterator[None]:
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def iou(a: Face, b: Face) -> float:
+    ix = max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
+    iy = max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+    inter = ix * iy
+    union = a.area + b.area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def track_main_face(detections: list[list[Face]], min_iou: float = 0.2) -> list[Face | None]:
+    """Link per-frame detections into tracks by IoU and return the main identity's face per frame.
+
+    The main track is the most persistent one (most frames), ties broken by total area, so a passer-by or
+    a face on a poster does not steal the clip. Frames where that track has no detection are ``None``.
+    """
+    tracks: list[dict[int, Face]] = []
+    for t, faces in enumerate(detections):
+        taken: set[int] = set()
+        for face in faces:
+            best, best_iou = None, min_iou
+            for k, track in enumerate(tracks):
+                if k in taken:
+                    continue
+                last = track[max(track)]
+                overlap = iou(face, last)
+                if overlap > best_iou:
+                    best, best_iou = k, overlap
+            if best is None:
+                tracks.append({t: face})
+                taken.add(len(tracks) - 1)
+            else:
+                tracks[best][t] = face
+                taken.add(best)
+    if not tracks:
+        return [None] * len(detections)
+    main = max(tracks, key=lambda tr: (len(tr), sum(f.area for f in tr.values())))
+    return [main.get(t) for t in range(len(detections))]
+
+
+def fill_gaps(track: list[Face | None]) -> list[Face | None]:
+    """Replace missing frames by the nearest detected frame's box (earlier wins a tie)."""
+    known = [t for t, f in enumerate(track) if f is not None]
+    if not known:
+        return track
+    return [track[min(known, key=lambda k: (abs(k - t), k))] for t in range(len(track))]
+
+
+def square_box(face: Face, width: int, height: int, margin: float) -> tuple[int, int, int, int]:
+    """A square box around the face, enlarged by ``margin`` (0.3 = 30% per side), in integer pixels.
+
+    It may extend past the frame; ``crop_square`` pads with black rather than shifting the face.
+    """
+    cx, cy = face.center
+    side = max(face.x1 - face.x0, face.y1 - face.y0) * (1 + 2 * margin)
+    side = max(side, 2.0)
+    x0 = int(round(cx - side / 2))
+    y0 = int(round(cy - side / 2))
+    s = int(round(side))
+    return x0, y0, x0 + s, y0 + s
+
+
+def center_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The fallback crop when no face is found: the largest centred square."""
+    side = min(width, height)
+    x0 = (width - side) // 2
+    y0 = (height - side) // 2
+    return x0, y0, x0 + side, y0 + side
+
+
+def crop_square(rgb: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """Crop ``box`` (may overhang the frame; padded with black) and resize to ``size`` x ``size``."""
+    import cv2
+
+    x0, y0, x1, y1 = box
+    height, width = rgb.shape[:2]
+    canvas = np.zeros((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+    if sx1 > sx0 and sy1 > sy0:
+        canvas[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+    interpolation = cv2.INTER_AREA if canvas.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(canvas, (size, size), interpolation=interpolation)
