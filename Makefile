@@ -13,13 +13,9 @@ export PYTHONHASHSEED := 0
 install: $(STAMP)
 
 # Reinstalls only when the dependency list or the setup script changes.
-$(STAMP): pyproject.toml scripts/setup_assets.py
+$(STAMP): pyproject.toml scripts/install.sh scripts/setup_assets.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	# mediapipe's metadata pulls a second OpenCV and more; its real needs are in pyproject.
-	$(PY) -m pip install -q --no-deps mediapipe==1.2.2
-	$(PY) scripts/setup_assets.py
+	scripts/install.sh $(PY) --editable
 	touch $(STAMP)
 
 demo: install
