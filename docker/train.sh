@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Train from raw competition data, inside the image or outside it (same variables):
+#   train.sh [DATA_DIR=/data] [WORK_DIR=/work] [-- extra train/main.py overrides]
+# DATA_DIR holds train/, val/, train_labels.csv, validation_labels.csv. Shards go to WORK_DIR/shards (finished
+# shards are skipped on a rerun), the run to WORK_DIR/run (MLflow store WORK_DIR/run/mlflow.db), and the best
+# checkpoint to WORK_DIR/run/best, where infer.sh looks first.
+# Environment: CONFIG (default configs/base.yaml), USE_DEEPSPEED=1 (ZeRO-2), NUM_GPUS (default: all visible),
+# PACK_WORKERS (default: all cores), ACCELERATE_CONFIG (overrides the automatic choice), RESUME=1.
+set -euo pipefail
+APP_DIR=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
+cd "$APP_DIR"
+DATA_DIR=${1:-${DATA_DIR:-/data}}
+WORK_DIR=${2:-${WORK_DIR:-/work}}
+shift $(( $# < 2 ? $# : 2 ))
+[[ ${1:-} == "--" ]] && shift
+PYTHON=${PYTHON:-python}
+CONFIG=${CONFIG:-configs/base.yaml}
+PACK_WORKERS=${PACK_WORKERS:-$(nproc)}
+
+for needed in train val train_labels.csv validation_labels.csv; do
+  if [[ ! -e $DATA_DIR/$needed ]]; then
+    echo "train.sh: $DATA_DIR/$needed is missing; DATA_DIR must hold train/, val/, train_labels.csv, validation_labels.csv" >&2
+    exit 2
+  fi
+done
+
+NUM_GPUS=${NUM_GPUS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')}
+"$PYTHON" - <<PY
+import platform, torch, accelerate, timm, webdataset
+print(f"[train.sh] python {platform.python_version()} torch {torch.__version__} cuda {torch.version.cuda} "
+      f"accelerate {accelerate.__version__} timm {timm.__version__} webdataset {webdataset.__version__}")
+PY
+echo "[train.sh] data=$DATA_DIR work=$WORK_DIR config=$CONFIG gpus=$NUM_GPUS"
+
+read -r FRAMES SIZE < <("$PYTHON" -c "from train.config import load_config; d = load_config('$CONFIG').data; print(d.frames, d.size)")
+for split in train val; do
+  labels=$DATA_DIR/${split}_labels.csv
+  [[ $split == val ]] && labels=$DATA_DIR/validation_labels.csv
+  "$PYTHON" -m shards.pack --videos "$DATA_DIR/$split" --labels "$labels" --out "$WORK_DIR/shards/$split" \
+    --frames "$FRAMES" --size "$SIZE" --workers "$PACK_WORKERS"
+done
+
+if [[ -n ${ACCELERATE_CONFIG:-} ]]; then
+  LAUNCH=(--config_file "$ACCELERATE_CONFIG")
+elif [[ ${USE_DEEPSPEED:-0} == 1 ]]; then
+  LAUNCH=(--config_file configs/accelerate/deepspeed_zero2.yaml --num_processes "$NUM_GPUS")
+elif (( NUM_GPUS > 1 )); then
+  LAUNCH=(--config_file configs/accelerate/multi_gpu.yaml --num_processes "$NUM_GPUS")
+elif (( NUM_GPUS == 1 )); then
+  LAUNCH=(--config_file configs/accelerate/single_gpu.yaml)
+else
+  LAUNCH=(--config_file configs/accelerate/cpu.yaml)
+fi
+echo "[train.sh] accelerate launch ${LAUNCH[*]}"
+RESUME_ARGS=()
+[[ ${RESUME:-0} == 1 ]] && RESUME_ARGS=(--resume)
+export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$WORK_DIR/run/mlflow.db}
+"$PYTHON" -m accelerate.commands.launch "${LAUNCH[@]}" train/main.py --config "$CONFIG" \
+  --train-shards "$WORK_DIR/shards/train" --val-shards "$WORK_DIR/shards/val" --out "$WORK_DIR/run" \
+  "${RESUME_ARGS[@]}" "$@"
+echo "[train.sh] best checkpoint: $WORK_DIR/run/best"

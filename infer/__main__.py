@@ -1,0 +1,3 @@
+from infer.predict import main
+
+raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""Raw videos -> submission.csv, the path the organizers run on the hidden test set.
+
+Every video gets a row: a failed extraction scores ``NEUTRAL_SCORE`` and is listed in ``<out>.failures.csv``
+with its reason; no face -> the model's audio-only path, no audio -> the visual-only path (both flagged in
+``<out>.details.csv``). Extraction is the shards code (``shards.extract``), run in worker processes; the
+model sees batches in sorted-name order whatever the worker timing, so two runs give byte-identical CSVs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+NEUTRAL_SCORE = 0.5
+EXIT_NO_VIDEOS = 2
+EXIT_BAD_CHECKPOINT = 3
+log = logging.getLogger("infer")
+
+
+@dataclass
+class Prediction:
+    video_name: str
+    score: float = NEUTRAL_SCORE
+    status: str = "failed"  # ok | failed
+    fallbacks: list[str] = field(default_factory=list)
+    reason: str = ""
+    audio_score: float | None = None
+    visual_score: float | None = None
+
+
+def find_videos(directory: Path) -> list[Path]:
+    """Every ``.mp4`` (any case) directly in ``directory``, sorted by name."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory of videos")
+    return sorted((p for p in directory.iterdir() if p.is_file() and p.suffix.lower() == ".mp4"),
+                  key=lambda p: p.name)
+
+
+def read_template(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "video_name" not in reader.fieldnames:
+            raise ValueError(f"{path}: the template needs a header with a `video_name` column")
+        names = [row["video_name"] for row in reader]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{path}: duplicate video names in the template: {duplicates[:5]}")
+    return names
+
+
+# --- extraction in worker processes -------------------------------------------------------------------------
+_worker_state: dict = {}
+
+
+def _init_worker(options) -> None:
+    import cv2
+
+    from shards.faces import FaceDetector
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    _worker_state["options"] = options
+    _worker_state["detector"] = FaceDetector()
+
+
+def _extract(path: Path) -> tuple[str, dict | None, str]:
+    """(video_name, reader-format sample or None, failure reason). Never raises."""
+    from shards.extract import ExtractionError, extract
+    from shards.format import clip_to_sample
+
+    try:
+        clip = extract(path, _worker_state["options"], _worker_state["detector"])
+        return path.name, clip_to_sample(clip, label=None), ""
+    except ExtractionError as error:
+        return path.name, None, str(error)
+    except Exception as error:  # a crash on one video must never lose the others
+        return path.name, None, f"unexpected {type(error).__name__}: {error}"
+
+
+def extracted(videos: list[Path], options, workers: int) -> Iterator[tuple[str, dict | None, str]]:
+    """Extraction results in input order (``imap`` keeps order, so batches never depend on timing)."""
+    if workers <= 0:
+        _init_worker(options)
+        yield from map(_extract, videos)
+        return
+    context = mp.get_context("spawn")  # fork would copy the parent's torch/OpenMP threads
+    with context.Pool(workers, initializer=_init_worker, initargs=(options,)) as pool:
+        yield from pool.imap(_extract, videos, chunksize=1)
+
+
+# --- the model ----------------------------------------------------------------------------------------------
+class Predictor:
+    """A checkpoint, the eval transform it was trained with, and batched deterministic scoring."""
+
+    def __init__(self, checkpoint: Path, device: str = "cpu", tta: bool = False):
+        from train.checkpoint import load_for_inference
+
+        self.model, self.cfg = load_for_inference(checkpoint)
+        self.device = torch.device(device)
+        self.model.to(self.device).eval()
+        self.tta = tta
+
+    def extraction_options(self):
+        from shards.extract import ExtractOptions
+
+        data = self.cfg.data
+        return ExtractOptions(frames=data.frames, size=data.size)
+
+    @torch.no_grad()
+    def score(self, samples: list[dict]) -> list[dict[str, float | None]]:
+        from train.data import collate, prepare
+
+        batch = collate([prepare(sample, self.cfg, train=False) for sample in samples])
+        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        outputs = [self.model(batch)]
+        if self.tta:  # mirrored faces: a deepfake cue should not depend on left/right
+            flipped = dict(batch, frames=batch["frames"].flip(-1))
+            outputs.append(self.model(flipped))
+        result = []
+        for i in range(len(samples)):
+            row = {"score": _mean_sigmoid(outputs, "logit", i)}
+            for head in ("audio", "visual"):
+                key = f"{head}_logit"
+                row[f"{head}_score"] = _mean_sigmoid(outputs, key, i) if key in outputs[0] else None
+            result.append(row)
+        return result
+
+
+def _mean_sigmoid(outputs: list[dict], key: str, i: int) -> float:
+    return float(torch.stack([torch.sigmoid(o[key][i].float()) for o in outputs]).mean())
+
+
+def predict(videos: list[Path], predictor: Predictor, batch_size: int, workers: int) -> list[Prediction]:
+    predictions: list[Prediction] = []
+    pending: list[tuple[Prediction, dict]] = []
+
+    def flush() -> None:
+        for (prediction, _), scores in zip(pending, predictor.score([s for _, s in pending]), strict=True):
+            prediction.score = scores["score"]
+            prediction.audio_score = scores["audio_score"]
+            prediction.visual_score = scores["visual_score"]
+        pending.clear()
+
+    progress = tqdm(extracted(videos, predictor.extraction_options(), workers), total=len(videos),
+                    desc="predict", unit="video", file=sys.stderr)
+    for name, sample, reason in progress:
+        prediction = Prediction(video_name=name)
+        predictions.append(prediction)
+        if sample is None:
+            prediction.reason = reason
+            continue
+        prediction.status = "ok"
+        prediction.fallbacks = list(sample["meta"].get("fallbacks", []))
+        pending.append((prediction, sample))
+        if len(pending) == batch_size:
+            flush()
+    if pending:
+        flush()
+    return predictions
+
+
+# --- outputs ------------------------------------------------------------------------------------------------
+def write_submission(path: Path, predictions: list[Prediction]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["video_name", "score"])
+        for p in predictions:
+            writer.writerow([p.video_name, f"{p.score:.6f}"])
+    os.replace(tmp, path)
+
+
+def write_reports(out: Path, predictions: list[Prediction]) -> tuple[Path, Path]:
+    details = out.with_name(out.stem + ".details.csv")
+    failures = out.with_name(out.stem + ".failures.csv")
+    with open(details, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["video_name", "score", "status", "fallbacks", "audio_score", "visual_score", "reason"])
+        for p in predictions:
+            writer.writerow([p.video_name, f"{p.score:.6f}", p.status, ";".join(p.fallbacks),
+                             _fmt(p.audio_score), _fmt(p.visual_score), p.reason])
+    with open(failures, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["video_name", "reason"])
+        for p in predictions:
+            if p.status == "failed":
+                writer.writerow([p.video_name, p.reason])
+    return details, failures
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
+
+
+def order_by_template(predictions: list[Prediction], template: list[str]) -> list[Prediction]:
+    """The template's rows in the template's order; template videos absent from DIR fail with a reason."""
+    by_name = {p.video_name: p for p in predictions}
+    extra = sorted(set(by_name) - set(template))
+    if extra:
+        log.warning("%d video(s) in DIR are not in the template and are left out: %s", len(extra), extra[:5])
+    return [by_name.get(name) or Prediction(video_name=name, reason="listed in the template, not found in DIR")
+            for name in template]
+
+
+def make_deterministic(seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m infer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=Path, required=True, help="folder of .mp4 videos")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="best-checkpoint folder from training")
+    parser.add_argument("--out", type=Path, default=Path("submission.csv"))
+    parser.add_argument("--template", type=Path, help="submission template: keep its rows and order")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="extraction processes (0: inline)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tta", action="store_true", help="average the scores of the clip and its mirror image")
+    parser.add_argument("--explain", type=Path, metavar="OUTDIR", help="write explanation figures for videos")
+    parser.add_argument("--explain-videos", nargs="*", default=None,
+                        help="video names to explain (default: the 4 highest- and lowest-scoring)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[infer] %(message)s")
+    args = parse_args(argv)
+    make_deterministic()
+    videos = find_videos(args.videos)
+    if not videos:
+        log.error("no .mp4 video in %s: nothing to predict", args.videos)
+        return EXIT_NO_VIDEOS
+    try:
+        predictor = Predictor(args.checkpoint, device=args.device, tta=args.tta)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as error:
+        log.error("checkpoint %s is unusable: %s", args.checkpoint, error)
+        return EXIT_BAD_CHECKPOINT
+    started = time.time()
+    predictions = predict(videos, predictor, args.batch_size, args.workers)
+    seconds = time.time() - started
+    if args.template:
+        predictions = order_by_template(predictions, read_template(args.template))
+    write_submission(args.out, predictions)
+    details, failures = write_reports(args.out, predictions)
+    if args.explain:
+        from infer.explain import explain_videos
+
+        explain_videos(predictor, videos, predictions, args.explain, args.explain_videos)
+    n_failed = sum(p.status == "failed" for p in predictions)
+    n_fallback = sum(bool(p.fallbacks) for p in predictions)
+    log.info("%d videos: %d ok (%d with fallbacks), %d failed -> score %.1f; %.2f videos/s; wrote %s (%s, %s)",
+             len(predictions), len(predictions) - n_failed, n_fallback, n_failed, NEUTRAL_SCORE,
+             len(videos) / max(seconds, 1e-9), args.out, details.name, failures.name)
+    return 0
