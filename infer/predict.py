@@ -106,9 +106,8 @@ class Predictor:
     def __init__(self, checkpoint: Path, device: str = "cpu", tta: bool = False):
         from train.checkpoint import load_for_inference
 
-        self.model, self.cfg = load_for_inference(checkpoint)
         self.device = torch.device(device)
-        self.model.to(self.device).eval()
+        self.model, self.cfg = load_for_inference(checkpoint, device=self.device)
         self.tta = tta
 
     def extraction_options(self):
@@ -119,10 +118,9 @@ class Predictor:
 
     @torch.no_grad()
     def score(self, samples: list[dict]) -> list[dict[str, float | None]]:
-        from train.data import collate, prepare
+        from train.data import collate, prepare, to_device
 
-        batch = collate([prepare(sample, self.cfg, train=False) for sample in samples])
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = to_device(collate([prepare(sample, self.cfg, train=False) for sample in samples]), self.device)
         outputs = [self.model(batch)]
         if self.tta:  # mirrored faces: a deepfake cue should not depend on left/right
             flipped = dict(batch, frames=batch["frames"].flip(-1))

@@ -1,0 +1,213 @@
+"""`python -m infer ... --explain OUTDIR`: why the model scored a video as it did.
+
+For each chosen video it writes PNGs and one HTML page that shows them together:
+- ``<stem>_frames.png``: the face crops the model saw, and the same crops with a gradient-saliency heat map
+  (|d logit / d pixel|, smoothed, one colour scale per video) blended on top;
+- ``<stem>_audio.png``: the log-Mel spectrogram of the clip's audio with the per-time audio saliency;
+- ``<stem>_timeline.png``: per-time fake scores of the visual and audio tokens and the audio-visual synchrony
+  (low synchrony = lip-sync evidence), when the model has them;
+- ``<stem>_modalities.png``: fused, audio-only and visual-only scores and the CLS attention mass per modality.
+Numbers behind the figures go to ``explain.json``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+log = logging.getLogger("infer")
+DEFAULT_COUNT = 4  # highest- and lowest-scoring videos explained when none are named
+
+
+def saliency(predictor, sample: dict) -> dict:
+    """Model outputs and input-gradient saliency for one reader-format sample.
+
+    Returns numpy arrays: ``frames`` uint8 [T,S,S,3], ``frame_saliency`` float [T,S,S] in [0,1] (aligned pixel
+    for pixel with the crops), ``audio`` float [N], ``audio_saliency`` float [N] in [0,1], and the model's
+    outputs for the sample (scalars and per-time arrays)."""
+    from train.data import collate, prepare, to_device
+
+    model = predictor.model
+    batch = to_device(collate([prepare(sample, predictor.cfg, train=False)]), predictor.device)
+    frames = batch["frames"].float().requires_grad_(True)
+    audio = batch["audio"].float().requires_grad_(True)
+    # +0 makes non-leaf tensors, so the model's in-place normalisation is allowed on them
+    outputs = model(dict(batch, frames=frames + 0, audio=audio + 0))
+    outputs["logit"][0].backward()
+    frame_grad = (frames.grad if frames.grad is not None else torch.zeros_like(frames))[0].abs().sum(1)  # [T,S,S]
+    audio_grad = (audio.grad if audio.grad is not None else torch.zeros_like(audio))[0].abs()
+    length = int(batch["audio_length"][0])
+    result = {
+        "frames": batch["frames"][0].permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8),
+        "frame_saliency": _normalise(_smooth(frame_grad.cpu().numpy())),
+        "audio": batch["audio"][0, :length].cpu().numpy(),
+        "audio_saliency": _normalise(audio_grad[:length].cpu().numpy()),
+    }
+    for key, value in outputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float().cpu()[0]
+            result[key] = torch.sigmoid(value).numpy() if key.endswith("logit") or key.endswith("logits") else value.numpy()
+    return result
+
+
+def _smooth(maps: np.ndarray) -> np.ndarray:
+    return np.stack([cv2.GaussianBlur(m.astype(np.float32), (0, 0), sigmaX=max(1.0, m.shape[-1] / 32)) for m in maps])
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    top = float(np.percentile(x, 99.5)) if x.size else 0.0
+    return np.clip(x / top, 0.0, 1.0).astype(np.float32) if top > 0 else np.zeros_like(x, dtype=np.float32)
+
+
+def overlay(frame: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """A heat map in [0,1] of the crop's size blended onto the crop (uint8 RGB, same shape as the crop)."""
+    if heat.shape != frame.shape[:2]:
+        raise ValueError(f"heat map {heat.shape} does not match the face crop {frame.shape[:2]}")
+    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+    return (frame * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
+
+
+def _figures(name: str, info: dict, out: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torchaudio
+
+    stem = Path(name).stem.replace(" ", "_")
+    files = {}
+    t = len(info["frames"])
+    fig, axes = plt.subplots(2, t, figsize=(1.3 * t, 2.9), squeeze=False)
+    for i in range(t):
+        axes[0, i].imshow(info["frames"][i])
+        axes[1, i].imshow(overlay(info["frames"][i], info["frame_saliency"][i]))
+        axes[0, i].set_title(f"t{i}", fontsize=7)
+        for row in (0, 1):
+            axes[row, i].axis("off")
+    fig.suptitle(f"{name}: face crops and saliency (fake score {info['logit']:.3f})", fontsize=9)
+    files["frames"] = _save(fig, out / f"{stem}_frames.png")
+
+    fig, ax = plt.subplots(figsize=(8, 3))
+    if len(info["audio"]) > 400:
+        mel = torchaudio.transforms.MelSpectrogram(16_000, n_fft=400, hop_length=160, n_mels=64)(
+            torch.from_numpy(info["audio"]).float())
+        ax.imshow(torch.log(mel + 1e-6).numpy(), origin="lower", aspect="auto", cmap="magma",
+                  extent=(0, len(info["audio"]) / 16_000, 0, 64))
+        ax2 = ax.twinx()
+        seconds = np.arange(len(info["audio"])) / 16_000
+        ax2.plot(seconds, _smooth_1d(info["audio_saliency"]), color="cyan", lw=1)
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("audio saliency")
+    else:
+        ax.text(0.5, 0.5, "no audio", ha="center", va="center")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("Mel bin")
+    ax.set_title(f"{name}: log-Mel spectrogram and audio saliency", fontsize=9)
+    files["audio"] = _save(fig, out / f"{stem}_audio.png")
+
+    if "visual_token_logits" in info:
+        fig, ax = plt.subplots(figsize=(8, 2.8))
+        steps = np.arange(t)
+        ax.plot(steps, info["visual_token_logits"], "o-", label="visual token fake score")
+        ax.plot(steps, info["audio_token_logits"], "s-", label="audio token fake score")
+        if "sync" in info:
+            ax.plot(steps, (info["sync"] + 1) / 2, "^--", label="A/V synchrony (0..1)")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("frame index (time)")
+        ax.legend(fontsize=7)
+        ax.set_title(f"{name}: per-time scores", fontsize=9)
+        files["timeline"] = _save(fig, out / f"{stem}_timeline.png")
+
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    heads = {k: float(info[k]) for k in ("logit", "audio_logit", "visual_logit") if k in info}
+    bars = {"fused": heads.get("logit"), "audio only": heads.get("audio_logit"),
+            "visual only": heads.get("visual_logit")}
+    if "cls_attention" in info:
+        attention = info["cls_attention"]
+        bars["attention on visual"] = float(attention[:t].sum())
+        bars["attention on audio"] = float(attention[t:].sum())
+    bars = {k: v for k, v in bars.items() if v is not None}
+    ax.barh(list(bars), list(bars.values()), color=["C3", "C0", "C2", "C1", "C4"][: len(bars)])
+    ax.set_xlim(0, 1)
+    ax.set_title(f"{name}: modality contributions", fontsize=9)
+    files["modalities"] = _save(fig, out / f"{stem}_modalities.png")
+    return files
+
+
+def _smooth_1d(x: np.ndarray, width: int = 1600) -> np.ndarray:
+    kernel = np.ones(width) / width
+    return _normalise(np.convolve(x, kernel, mode="same"))
+
+
+def _save(fig, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
+
+
+def choose(predictions: list, names: list[str] | None, count: int = DEFAULT_COUNT) -> list[str]:
+    """The named videos, or the ``count`` highest- and lowest-scoring successfully extracted ones."""
+    if names:
+        return names
+    ok = sorted((p for p in predictions if p.status == "ok"), key=lambda p: (p.score, p.video_name))
+    picked = ok[-count:][::-1] + ok[: count]
+    return list(dict.fromkeys(p.video_name for p in picked))
+
+
+def explain_videos(predictor, videos: list[Path], predictions: list, out: Path,
+                   names: list[str] | None = None) -> Path:
+    """Write figures, explain.json and index.html for the chosen videos; returns the HTML page."""
+    from infer.predict import extracted
+
+    out.mkdir(parents=True, exist_ok=True)
+    by_name = {v.name: v for v in videos}
+    chosen = choose(predictions, names)
+    unknown = [n for n in chosen if n not in by_name]
+    if unknown:
+        raise ValueError(f"--explain-videos names videos not in the folder: {unknown}")
+    entries = []
+    for name, sample, reason in extracted([by_name[n] for n in chosen], predictor.extraction_options(), workers=0):
+        if sample is None:
+            entries.append({"video_name": name, "error": reason})
+            continue
+        info = saliency(predictor, sample)
+        entry = {"video_name": name, "fallbacks": sample["meta"].get("fallbacks", []),
+                 "figures": _figures(name, info, out)}
+        for key in ("logit", "audio_logit", "visual_logit"):
+            if key in info:
+                entry[key.replace("logit", "score")] = round(float(info[key]), 6)
+        for key in ("visual_token_logits", "audio_token_logits", "sync"):
+            if key in info:
+                entry[key.replace("logits", "scores")] = [round(float(v), 6) for v in info[key]]
+        entries.append(entry)
+    (out / "explain.json").write_text(json.dumps(entries, indent=2))
+    page = out / "index.html"
+    page.write_text(_html(entries))
+    log.info("explanations for %d video(s) in %s", len(entries), page)
+    return page
+
+
+def _html(entries: list[dict]) -> str:
+    parts = ["<!doctype html><meta charset='utf-8'><title>Explanations</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
+             "section{border-bottom:1px solid #ccc;padding:1em 0}</style><h1>Why each video got its score</h1>"]
+    for e in entries:
+        parts.append(f"<section><h2>{html.escape(e['video_name'])}</h2>")
+        if "error" in e:
+            parts.append(f"<p>not explained: {html.escape(e['error'])}</p></section>")
+            continue
+        scores = ", ".join(f"{k} {e[k]:.3f}" for k in ("score", "audio_score", "visual_score") if k in e)
+        fallbacks = f" (fallbacks: {', '.join(e['fallbacks'])})" if e["fallbacks"] else ""
+        parts.append(f"<p>{scores}{html.escape(fallbacks)}</p>")
+        parts += [f"<img src='{html.escape(f)}' alt='{k}'>" for k, f in e["figures"].items()]
+        parts.append("</section>")
+    return "\n".join(parts)
