@@ -114,7 +114,8 @@ class Predictor:
         from shards.extract import ExtractOptions
 
         data = self.cfg.data
-        return ExtractOptions(frames=data.frames, size=data.size)
+        return ExtractOptions(frames=data.frames, size=data.size, margin=data.margin,
+                              max_clip_seconds=data.max_clip_seconds)
 
     @torch.no_grad()
     def score(self, samples: list[dict]) -> list[dict[str, float | None]]:
