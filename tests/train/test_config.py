@@ -1,0 +1,103 @@
+"""Typed configs: shipped YAMLs load, overrides apply in both spellings, mistakes name the file and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from train.config import MAX_PARAMS, ConfigError, load_config, parse_overrides
+from train.registry import check_size
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    assert {p.name for p in SHIPPED} >= {"tiny.yaml", "base.yaml", "baseline.yaml"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.data.frames >= 1 and cfg.data.size >= 16
+
+
+def test_baseline_is_the_organizers_recipe():
+    cfg = load_config(ROOT / "configs" / "baseline.yaml")
+    assert cfg.model.name == "seed_baseline" and cfg.model.audio_backbone == "resnet18"
+    t = cfg.train
+    assert (t.optimizer, t.lr, t.schedule, t.step_epochs, t.step_gamma) == ("adam", 1e-3, "step", 5, 0.1)
+
+
+def test_model_shorthand(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: seed_baseline\n")
+    assert load_config(path).model.name == "seed_baseline"
+
+
+def test_overrides_in_both_spellings():
+    cfg = load_config(ROOT / "configs" / "tiny.yaml",
+                      ["train.lr=3e-4", "--model.depth", "3", "--log.mlflow=false", "data.augment.jpeg_quality=[50,60]",
+                       "model.visual_pretrained=null", "log.run_name=123"])
+    assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.model.depth == 3 and cfg.log.mlflow is False
+    assert cfg.data.augment.jpeg_quality == [50, 60]
+    assert cfg.model.visual_pretrained is None
+    assert cfg.log.run_name == "123"  # a string field keeps digits as text
+
+
+def test_parse_overrides():
+    assert parse_overrides(["a.b=1", "--c.d", "x", "--e.f=2"]) == [("a.b", "1"), ("c.d", "x"), ("e.f", "2")]
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse_overrides(["--train.lr"])
+
+
+def test_unknown_key_in_yaml_names_the_file_and_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert str(path) in message and "'train.lrr'" in message and "lr" in message and "batch_size" in message
+
+
+def test_unknown_section_and_unknown_override():
+    with pytest.raises(ConfigError, match="command line: unknown key 'train.nope'.*valid keys in train"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["train.nope=1"])
+    with pytest.raises(ConfigError, match="unknown key 'optim.lr'"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["optim.lr=1"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=ten", "expected an integer"),
+    ("train.lr=fast", "expected a number"),
+    ("log.mlflow=maybe", "expected true/false"),
+    ("train.optimizer=sgd", "not one of"),
+    ("model.dim=65", "divisible by model.heads"),
+    ("model.visual_pretrained=/no/such/file.pth", "is not a file"),
+])
+def test_type_and_value_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "configs" / "tiny.yaml", [override])
+
+
+def test_type_error_in_yaml_names_the_file(tmp_path):
+    path = tmp_path / "typed.yaml"
+    path.write_text("data:\n  frames: many\n")
+    with pytest.raises(ConfigError, match=f"{path}: data.frames: expected an integer"):
+        load_config(path)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(ROOT / "configs" / "nope.yaml")
+
+
+def test_model_over_the_limit_is_refused():
+    with torch.device("meta"):  # 200M+ parameters without allocating them
+        big = nn.Linear(20_000, MAX_PARAMS // 20_000 + 1)
+    with pytest.raises(ConfigError, match=r"configs/big.yaml: the model has 200\.0M parameters, over"):
+        check_size(big, "configs/big.yaml")
