@@ -1,0 +1,79 @@
+"""prepare / collate (shared with inference) and the augmentations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.train.conftest import FRAMES, SIZE, decoded, make_sample
+from train.config import load_config
+from train.data import collate, modality_labels, prepare
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(ROOT / "configs" / "tiny.yaml", [f"data.frames={FRAMES}", f"data.size={SIZE}",
+                                                         "data.max_clip_seconds=2.0"])
+
+
+def sample(i: int, label: int = 1, **kwargs) -> dict:
+    return decoded(make_sample(i, label, np.random.default_rng(i), **kwargs))
+
+
+def test_eval_transform_shapes_and_masks(cfg):
+    batch = collate([prepare(sample(0), cfg), prepare(sample(1, 0, has_face=False), cfg),
+                     prepare(sample(2, 1, has_audio=False), cfg)])
+    assert batch["frames"].shape == (3, FRAMES, 3, SIZE, SIZE) and batch["frames"].dtype == torch.uint8
+    assert batch["audio"].shape == (3, 32_000)  # padded to data.max_clip_seconds
+    assert batch["audio_length"].tolist() == [16_000, 16_000, 0]
+    assert batch["visual_mask"].tolist() == [[True] * FRAMES, [False] * FRAMES, [True] * FRAMES]
+    assert batch["audio_mask"].tolist() == [[True] * FRAMES, [True] * FRAMES, [False] * FRAMES]
+    assert batch["has_face"].tolist() == [True, False, True] and batch["has_audio"].tolist() == [True, True, False]
+    assert batch["label"].tolist() == [1, 0, 1] and batch["key"][0] == f"{0:032x}.mp4"
+    assert (batch["audio"][0, 16_000:] == 0).all()
+
+
+def test_eval_transform_is_deterministic_and_lossless(cfg):
+    s = sample(3)
+    a, b = prepare(s, cfg), prepare(s, cfg)
+    assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["frames"], s["frames"])
+    assert torch.equal(a["audio"][:16_000], s["audio"])
+
+
+def test_augmentation_depends_only_on_the_rng(cfg):
+    s = sample(4)
+    one = prepare(s, cfg, train=True, rng=np.random.default_rng([0, 1, 2]))
+    same = prepare(s, cfg, train=True, rng=np.random.default_rng([0, 1, 2]))
+    assert torch.equal(one["frames"], same["frames"]) and torch.equal(one["audio"], same["audio"])
+    assert torch.equal(one["visual_mask"], same["visual_mask"])
+    others = [prepare(s, cfg, train=True, rng=np.random.default_rng([0, 1, k])) for k in range(3, 8)]
+    assert any(not torch.equal(one["frames"], o["frames"]) for o in others)
+    with pytest.raises(ValueError, match="needs an rng"):
+        prepare(s, cfg, train=True)
+
+
+def test_temporal_crop_keeps_a_contiguous_run(cfg):
+    s = sample(5)
+    for k in range(30):
+        keep = prepare(s, cfg, train=True, rng=np.random.default_rng(k))["visual_mask"].numpy()
+        assert keep.sum() >= int(np.ceil(cfg.data.augment.min_keep * FRAMES))
+        kept = np.flatnonzero(keep)
+        assert (np.diff(kept) == 1).all()
+
+
+def test_wrong_extraction_options_fail_clearly(cfg):
+    other = load_config(ROOT / "configs" / "tiny.yaml", ["data.frames=8", f"data.size={SIZE}"])
+    with pytest.raises(ValueError, match=r"data.frames, data.size.*repack"):
+        prepare(sample(6), other)
+
+
+def test_modality_labels_from_a_category():
+    assert modality_labels({"category": "FakeVideo-RealAudio"}, 1) == (1, 0)
+    assert modality_labels({"category": "RealVideo-FakeAudio"}, 1) == (0, 1)
+    assert modality_labels({}, 1) == (-1, -1)
+    assert modality_labels({}, 0) == (0, 0)

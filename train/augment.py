@@ -1,0 +1,126 @@
+"""Training augmentations suited to deepfake detection, one parameter draw per clip (all frames alike).
+
+Visual: mirror, colour jitter, resolution loss (down/up-scaling), Gaussian blur, sensor noise, face-part cutout,
+JPEG re-compression. Audio: gain, additive noise at a random SNR, codec-like band-limiting, a small shift of the
+whole track. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so that a model
+cannot rely on where speech starts (fakes in FakeAVCeleb / AV-Deepfake1M start with silence).
+Every function draws from the ``numpy.random.Generator`` it is given: no global RNG.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from train.config import AUDIO_SAMPLE_RATE, AugmentConfig
+
+# Face-part bands in a square crop with margin 0.3 around the face box: (y0, y1, x0, x1) as fractions.
+FACE_PARTS = {
+    "eyes": (0.34, 0.48, 0.22, 0.78),
+    "nose": (0.45, 0.62, 0.40, 0.60),
+    "mouth": (0.60, 0.76, 0.32, 0.68),
+}
+
+
+def augment_frames(frames: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """``frames`` uint8 [T, H, W, 3] RGB -> augmented uint8 array of the same shape."""
+    t, h, w, _ = frames.shape
+    x = frames
+    if rng.random() < aug.flip:
+        x = x[:, :, ::-1]
+    if rng.random() < aug.color:
+        x = _color_jitter(x, rng)
+    if rng.random() < aug.resize:
+        factor = rng.uniform(0.35, 0.9)
+        small = (max(8, round(w * factor)), max(8, round(h * factor)))
+        x = np.stack([cv2.resize(cv2.resize(f, small, interpolation=cv2.INTER_AREA), (w, h),
+                                 interpolation=cv2.INTER_LINEAR) for f in x])
+    if rng.random() < aug.blur:
+        sigma = rng.uniform(0.3, 1.5) * h / 224
+        x = np.stack([cv2.GaussianBlur(np.ascontiguousarray(f), (0, 0), max(sigma, 0.1)) for f in x])
+    if rng.random() < aug.noise:
+        std = rng.uniform(2.0, 10.0)
+        x = np.clip(x.astype(np.float32) + rng.normal(0.0, std, x.shape).astype(np.float32), 0, 255).astype(np.uint8)
+    if rng.random() < aug.cutout:
+        x = _cutout(np.array(x), rng)
+    if rng.random() < aug.jpeg:
+        low, high = aug.jpeg_quality
+        x = jpeg_recompress(x, int(rng.integers(low, high + 1)))
+    return np.ascontiguousarray(x)
+
+
+def jpeg_recompress(frames: np.ndarray, quality: int) -> np.ndarray:
+    out = []
+    for f in frames:
+        ok, data = cv2.imencode(".jpg", np.ascontiguousarray(f[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError("OpenCV could not JPEG-encode a frame")
+        out.append(cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1])
+    return np.stack(out)
+
+
+def _color_jitter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    f = x.astype(np.float32)
+    gray = f @ np.array([0.299, 0.587, 0.114], np.float32)
+    f = gray[..., None] + rng.uniform(0.6, 1.4) * (f - gray[..., None])  # saturation
+    mean = gray.mean()
+    f = (f - mean) * rng.uniform(0.7, 1.3) + mean + rng.uniform(-25, 25)  # contrast, brightness
+    return np.clip(f, 0, 255).astype(np.uint8)
+
+
+def _cutout(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    _, h, w, _ = x.shape
+    y0, y1, x0, x1 = FACE_PARTS[list(FACE_PARTS)[int(rng.integers(len(FACE_PARTS)))]]
+    dy, dx = rng.uniform(-0.04, 0.04, 2)
+    r0, r1 = int((y0 + dy) * h), int(math.ceil((y1 + dy) * h))
+    c0, c1 = int((x0 + dx) * w), int(math.ceil((x1 + dx) * w))
+    x[:, max(r0, 0):r1, max(c0, 0):c1] = np.uint8(rng.integers(0, 256))
+    return x
+
+
+def augment_audio(audio: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """``audio`` float32 [N] in [-1, 1] -> augmented float32 [N] (same length, so timing is kept)."""
+    x = audio.astype(np.float32, copy=True)
+    if x.size == 0:
+        return x
+    if aug.audio_jitter_ms > 0:
+        shift = int(rng.uniform(-1, 1) * aug.audio_jitter_ms * AUDIO_SAMPLE_RATE / 1000)
+        x = np.roll(x, shift)
+        if shift > 0:
+            x[:shift] = 0.0
+        elif shift < 0:
+            x[shift:] = 0.0
+    if rng.random() < aug.band_limit:
+        x = low_pass(x, cutoff_hz=rng.uniform(3000.0, 7000.0))
+    if rng.random() < aug.audio_gain:
+        x = x * np.float32(10 ** (rng.uniform(-6.0, 6.0) / 20))
+    if rng.random() < aug.audio_noise:
+        rms = float(np.sqrt(np.mean(x.astype(np.float64) ** 2)))
+        if rms > 0:
+            snr_db = rng.uniform(10.0, 40.0)
+            x = x + rng.normal(0.0, rms / 10 ** (snr_db / 20), x.shape).astype(np.float32)
+    return np.clip(x, -1.0, 1.0).astype(np.float32)
+
+
+def low_pass(x: np.ndarray, cutoff_hz: float, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
+    """Zero the spectrum above ``cutoff_hz`` with a 300 Hz cosine taper (a codec's band limit)."""
+    spectrum = np.fft.rfft(x)
+    freqs = np.fft.rfftfreq(x.size, 1.0 / sample_rate)
+    taper = np.clip((cutoff_hz + 300.0 - freqs) / 300.0, 0.0, 1.0)
+    gain = 0.5 - 0.5 * np.cos(np.pi * taper)
+    return np.fft.irfft(spectrum * gain, n=x.size).astype(np.float32)
+
+
+def temporal_keep_mask(frames: int, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """bool [T]: True for the time steps kept; a random contiguous run of at least ``min_keep`` of them."""
+    keep = np.ones(frames, dtype=bool)
+    if frames < 2 or rng.random() >= aug.temporal_crop:
+        return keep
+    shortest = max(1, math.ceil(aug.min_keep * frames))
+    length = int(rng.integers(shortest, frames + 1))
+    start = int(rng.integers(0, frames - length + 1))
+    keep[:] = False
+    keep[start:start + length] = True
+    return keep
