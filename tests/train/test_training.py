@@ -1,0 +1,208 @@
+"""train/main.py end to end on tiny shards: single process, resume (stop and kill -9), 2-process CPU DDP,
+the MLflow store, the best checkpoint for inference, and the start-up errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.train.conftest import ROOT, TINY_TEST_OVERRIDES, run_cli, train_cmd
+from train.checkpoint import load_for_inference
+from train.metrics import compute_metrics
+
+# dropout, EMA, a worker process and gradient accumulation: everything exact resumption has to get right
+RUN_ARGS = ["data.workers=1", "model.dropout=0.1", "train.ema=true", "train.ema_decay=0.5", "train.grad_accum=2",
+            "train.save_every_steps=2", "train.batch_size=2"]
+STEPS = 6  # 2 epochs x 3 steps
+
+
+def step_losses(out: Path) -> dict[int, float]:
+    """step -> loss; after a kill -9 the re-run steps appear twice and the last entry counts."""
+    losses = {}
+    for line in (out / "train_log.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        losses[row["step"]] = row["loss"]
+    return losses
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("full_run")
+    run_cli(train_cmd(tiny_shards, out, *RUN_ARGS))
+    return out
+
+
+def test_run_outputs(full_run):
+    for name in ("config.yaml", "metrics.json", "train_log.jsonl", "val_predictions.csv", "best/model.safetensors",
+                 "best/config.yaml", "best/info.json", "plots/roc.png", "plots/score_histogram.png", "state/latest",
+                 "mlflow.db"):
+        assert (full_run / name).is_file(), name
+    metrics = json.loads((full_run / "metrics.json").read_text())
+    assert sorted(step_losses(full_run)) == list(range(1, STEPS + 1))
+    assert len(metrics["history"]) == 2 and metrics["best"]["auc"] is not None
+    for epoch in metrics["history"]:
+        assert epoch["n"] == epoch["n_evaluated"] == 11  # every validation clip exactly once
+    info = json.loads((full_run / "best" / "info.json").read_text())
+    assert info["code_version"]["source_sha256"] and info["metrics"]["auc"] == metrics["best"]["auc"]
+
+
+def test_resume_after_stop_reproduces_the_uninterrupted_run(full_run, tiny_shards, tmp_path):
+    out = tmp_path / "stopped"
+    run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, "train.stop_after_steps=4"))  # mid-epoch 2
+    assert max(step_losses(out)) == 4
+    run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, "--resume"))
+    expected, got = step_losses(full_run), step_losses(out)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert got[step] == pytest.approx(expected[step], abs=1e-6), step
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    reference = json.loads((full_run / "metrics.json").read_text())["final"]
+    assert final["log_loss"] == pytest.approx(reference["log_loss"], abs=1e-6)
+
+
+def test_resume_after_kill_9(full_run, tiny_shards, tmp_path):
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [str(c) for c in train_cmd(tiny_shards, out, *RUN_ARGS, "train.save_every_steps=1")]
+    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    log = out / "train_log.jsonl"
+    while time.time() < deadline and process.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait(timeout=60)
+    killed = process.returncode == -signal.SIGKILL
+    run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, "train.save_every_steps=1", "--resume"))
+    expected, got = step_losses(full_run), step_losses(out)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert got[step] == pytest.approx(expected[step], abs=1e-6), (step, killed)
+    assert killed, "the run finished before it could be killed; the comparison above still held"
+
+
+def test_mlflow_store_holds_the_run(full_run):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{full_run / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("avdeepfake-tiny")
+    assert experiment.artifact_location == (full_run / "mlartifacts").resolve().as_uri()
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    params, tags = run.data.params, run.data.tags
+    assert params["model.name"] == "av_transformer" and params["train.grad_accum"] == "2"
+    assert int(params["params_true"]) > 0 and tags["code_version"] and tags["source_sha256"]
+    assert len(client.get_metric_history(run.info.run_id, "val/auc")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2
+    for name in ("train/clips_per_s", "train/data_time_frac", "train/lr", "train/loss_sync", "val/tpr_at_fpr_1e-3"):
+        assert client.get_metric_history(run.info.run_id, name), name
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"best", "plots", "metrics.json", "config.yaml"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "best")} == {
+        "best/model.safetensors", "best/config.yaml", "best/info.json"}
+    assert (full_run / "mlartifacts" / run.info.run_id / "artifacts" / "plots" / "roc.png").is_file()
+
+
+def test_best_checkpoint_reproduces_its_validation_metrics(full_run, tiny_shards):
+    import tarfile
+
+    from tests.train.conftest import decoded
+    from train.data import collate, prepare
+
+    model, cfg = load_for_inference(full_run / "best")
+    assert not model.training and cfg.data.frames == 4
+    samples = []
+    for shard in sorted(Path(tiny_shards["val"]).glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            members: dict = {}
+            for m in tar.getmembers():
+                key, _, ext = m.name.partition(".")
+                members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(m).read()
+        samples += [decoded(s) for s in members.values()]
+    batch = collate([prepare(s, cfg) for s in samples])
+    with torch.no_grad():
+        scores = torch.sigmoid(model(batch)["logit"]).numpy()
+    recomputed = compute_metrics(batch["label"].numpy(), scores)
+    info = json.loads((full_run / "best" / "info.json").read_text())
+    assert recomputed["auc"] == pytest.approx(info["metrics"]["auc"])
+    assert recomputed["log_loss"] == pytest.approx(info["metrics"]["log_loss"], abs=1e-5)
+    same, _ = load_for_inference(full_run / "best" / "model.safetensors")  # the weights file works as well
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values(), strict=True))
+
+
+def test_broken_checkpoints_fail_clearly(full_run, tmp_path):
+    missing = tmp_path / "missing"
+    shutil.copytree(full_run / "best", missing)
+    (missing / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors is missing"):
+        load_for_inference(missing)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(full_run / "best", corrupt)
+    data = bytearray((corrupt / "model.safetensors").read_bytes())
+    data[-10:] = b"0123456789"
+    (corrupt / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        load_for_inference(corrupt)
+    (corrupt / "info.json").unlink()  # without the record, the file itself must still be checked
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_for_inference(corrupt)
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(full_run / "best", mismatched)
+    config = (mismatched / "config.yaml").read_text().replace("depth: 2", "depth: 3")
+    (mismatched / "config.yaml").write_text(config)
+    with pytest.raises(ValueError, match="does not fit model"):
+        load_for_inference(mismatched)
+
+
+def test_two_process_cpu_ddp(tiny_shards, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu_ddp.yaml",
+           "--num_processes", "2", "--main_process_port", str(29600 + os.getpid() % 300),
+           *train_cmd(tiny_shards, out, "data.workers=1")[1:]]
+    result = run_cli(cmd, env={"ACCELERATE_USE_CPU": "true"})
+    assert "[rank 1]" in result.stderr and "2 process(es)" in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    fingerprints = metrics["param_fingerprints"]
+    assert len(fingerprints) == 2 and fingerprints[0] == fingerprints[1]
+    for epoch in metrics["history"]:
+        assert epoch["n"] == epoch["n_evaluated"] == len(tiny_shards["val_keys"])  # each clip once, no duplicates
+    with open(out / "val_predictions.csv") as f:
+        keys = [row["video_name"] for row in csv.DictReader(f)]
+    assert sorted(keys) == sorted(tiny_shards["val_keys"])
+    assert np.isfinite([e["log_loss"] for e in metrics["history"]]).all()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["data.frames=8"], "shards were packed with frames=4 size=32 but the config says data.frames=8"),
+    (["train.lrr=1"], "command line: unknown key 'train.lrr'"),
+])
+def test_startup_errors_are_clear(tiny_shards, tmp_path, extra, message, capsys):
+    from train.main import main
+
+    assert main([str(a) for a in train_cmd(tiny_shards, tmp_path / "bad", *extra)[2:]]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_shards_are_reported(tmp_path, capsys):
+    from train.main import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["--config", "configs/tiny.yaml", "--train-shards", str(empty), "--val-shards", str(empty),
+            "--out", str(tmp_path / "o"), *TINY_TEST_OVERRIDES]
+    assert main(argv) == 2
+    assert "train shards" in capsys.readouterr().err
