@@ -6,11 +6,12 @@
 
 The fusion transformer runs three views in one batched pass, differing only in the key padding mask: audio +
 visual (-> ``logit``), audio only (-> ``audio_logit``) and visual only (-> ``visual_logit``). A missing
-modality (no face / no audio / frames cut by a temporal crop) is masked out, never zero-filled, so the main
-logit of a clip without a face *is* its audio-only view, which training sees every step. A synchrony head
+modality (no face / no audio / frames cut by a temporal crop) is masked out, never zero-filled, so a clip
+without a face is fused from exactly the tokens of its audio-only view, a view training sees every step. A synchrony head
 projects the pre-fusion tokens (no position embedding, so time cannot be read off the position) and an InfoNCE
 loss on genuine clips makes time-aligned audio/visual tokens match; ``sync`` is the per-time cosine similarity
-of aligned pairs (low = lip-sync evidence). ``visual_token_logits`` / ``audio_token_logits`` score each time step
+of aligned pairs (low = lip-sync evidence) and ``sync_score`` a clip's InfoNCE evidence (0 = chance, > 0 = in
+sync), which the fused head also reads. ``visual_token_logits`` / ``audio_token_logits`` score each time step
 and ``cls_attention`` is the last block's CLS attention over the 2T tokens (heads averaged).
 """
 
@@ -67,7 +68,8 @@ class AVTransformer(nn.Module):
         self.modality_embed = nn.Parameter(torch.zeros(2, d))
         self.blocks = nn.ModuleList(FusionBlock(d, m.heads, m.mlp_ratio, m.dropout) for _ in range(m.depth))
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, 1)
+        # The fused head also sees the clip's synchrony evidence (see sync_evidence): a direct lip-sync cue.
+        self.head = nn.Linear(d + 2, 1)
         self.audio_head = nn.Linear(d, 1)
         self.visual_head = nn.Linear(d, 1)
         self.token_head = nn.Linear(d, 1)
@@ -87,7 +89,7 @@ class AVTransformer(nn.Module):
     # --- encoders -----------------------------------------------------------------------------------------
     def encode_visual(self, frames: torch.Tensor) -> torch.Tensor:
         b, t = frames.shape[:2]
-        x = frames.flatten(0, 1).float().div_(255.0)
+        x = frames.flatten(0, 1).float() / 255.0  # not in place: explain passes frames that need gradients
         x = ((x - self.pixel_mean) / self.pixel_std).to(self.pixel_dtype)
         return self.visual_proj(self.visual(x)).view(b, t, -1)
 
@@ -130,8 +132,11 @@ class AVTransformer(nn.Module):
         zv = F.normalize(self.sync_visual(visual).float(), dim=-1)
         za = F.normalize(self.sync_audio(audio).float(), dim=-1)
         sync_matrix = zv @ za.transpose(1, 2)  # [B, T(visual), T(audio)] cosine similarities
+        sync_score, has_pairs = self.sync_evidence(sync_matrix, vmask, amask)
+        fused = torch.cat([av[:, 0], torch.stack([sync_score, has_pairs], -1).to(av.dtype)], -1)
         return {
-            "logit": self.head(av[:, 0]).squeeze(-1).float(),
+            "logit": self.head(fused).squeeze(-1).float(),
+            "sync_score": sync_score,
             "audio_logit": self.audio_head(audio_only[:, 0]).squeeze(-1).float(),
             "visual_logit": self.visual_head(visual_only[:, 0]).squeeze(-1).float(),
             "visual_token_logits": token_logits[:, :t],
@@ -163,6 +168,19 @@ class AVTransformer(nn.Module):
         total = (parts["main"] + w.aux * (parts["audio"] + parts["visual"]) + w.token * parts["token"]
                  + w.sync * parts["sync"])
         return total, parts
+
+    def sync_evidence(self, sim: torch.Tensor, vmask: torch.Tensor,
+                      amask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per clip: how much better than chance each visual token picks its own audio token among the clip's
+        audio tokens (mean log-probability + log(#audio tokens); 0 = chance, > 0 = in sync), and whether the clip
+        has any audio-visual pair at all."""
+        logits = (sim / self.sync_temperature).masked_fill(~amask[:, None, :], -1e4)
+        own = torch.diagonal(logits.log_softmax(-1), dim1=1, dim2=2)  # [B, T]
+        pairs = vmask & amask
+        count = pairs.sum(1).clamp(min=1)
+        score = (own * pairs).sum(1) / count + torch.log(amask.sum(1).clamp(min=1).float())
+        has = pairs.any(1)
+        return score * has, has.float()
 
     def sync_loss(self, sim: torch.Tensor, vmask: torch.Tensor, amask: torch.Tensor,
                   genuine: torch.Tensor) -> torch.Tensor:
