@@ -611,10 +611,10 @@ def training_speed(run_dir: Path) -> dict[str, float]:
     path = run_dir / "metrics.json"
     if path.is_file():
         numbers.update(find_numbers(json.loads(path.read_text()), r"(clips|samples|videos|steps).*(per_s|/s|_s$)"))
-    if not numbers:
-        metrics = mlflow_run(run_dir).get("metrics", {})
-        numbers.update({k: v for k, v in metrics.items()
-                        if re.search(r"(clips|samples|videos|steps).*(per_s|/s|_s$|per_sec)", k, re.IGNORECASE)})
+    if not numbers:  # the median over the run's logging windows (the last window alone is noisy)
+        history = mlflow_run(run_dir, history=(r".*(clips|samples|videos|steps)_?per_s(ec)?",)).get("history", {})
+        numbers.update({f"{k} (median of {len(v)} windows)": float(np.median([x for _, x in v]))
+                        for k, v in history.items() if v})
     return numbers
 
 
@@ -730,14 +730,15 @@ def plot_roc(curves: dict[str, tuple[list[int], list[float]]], path: Path) -> Pa
     for label, (y, s) in curves.items():
         if len(set(y)) < 2:
             continue
-        fpr, tpr, _ = roc_curve(y, s)
-        for ax in axes:
-            ax.plot(fpr, tpr, label=label)
+        fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+        axes[0].plot(fpr, tpr, label=label)
+        axes[1].plot(np.maximum(fpr, 1e-4), tpr, label=label)  # FPR 0 drawn at 1e-4 on the log axis
     axes[0].plot([0, 1], [0, 1], color="grey", linestyle=":")
     axes[0].set_title("ROC (test)")
     axes[1].set_xscale("log")
-    axes[1].set_xlim(1e-3, 1)
-    axes[1].set_title("ROC, log FPR")
+    axes[1].set_xlim(1e-4, 1)
+    axes[1].axvline(1e-3, color="grey", linestyle="--", linewidth=1)
+    axes[1].set_title("ROC, log FPR (dashed: FPR = 1e-3)")
     for ax in axes:
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")

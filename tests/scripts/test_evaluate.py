@@ -1,0 +1,206 @@
+"""scripts/evaluate.py on tiny data: every subcommand runs the real pipeline and writes its JSON/CSV/PNG.
+
+The shortcut audit gets a planted shortcut: a small competition-format folder written here with PyAV where every
+fake starts with silence (and nothing else differs), which it must flag, and nothing else.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from evaluation_demo import GENERALITY_ARGS, ROBUSTNESS_ARGS, SPEED_ARGS, build_demo
+
+from infer import evaluation as ev
+
+ROOT = Path(__file__).resolve().parents[2]
+EVALUATE = ROOT / "scripts" / "evaluate.py"
+
+
+def evaluate(*args, expect: int = 0) -> subprocess.CompletedProcess:
+    """Run scripts/evaluate.py; a wrong exit code fails the test with the command's output."""
+    cmd = [sys.executable, str(EVALUATE), *map(str, args)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == expect, (f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n"
+                                         f"{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}")
+    return result
+
+
+# --- a planted shortcut ---------------------------------------------------------------------------------------
+def write_video(path: Path, seconds: float, silence: float, seed: int, fps: int = 10, size: int = 64,
+                rate: int = 16_000) -> None:
+    """A small H.264 + AAC mp4: a changing grey frame and a tone that starts after ``silence`` seconds."""
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        audio = container.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        for i in range(int(seconds * fps)):
+            image = np.full((size, size, 3), (i * 7 + seed) % 255, np.uint8)
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        n = int(seconds * rate)
+        t = np.arange(n) / rate
+        tone = (0.3 * np.sin(2 * np.pi * rng.uniform(150, 400) * t)).astype(np.float32)
+        tone[: int(silence * rate)] = 0
+        for start in range(0, n, 1024):
+            frame = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="flt", layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(audio.encode(frame))
+        container.mux(video.encode())
+        container.mux(audio.encode())
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Path:
+    """test/ split: 8 genuine videos that speak at once, 8 fakes that start with 0.5-0.7 s of silence; durations
+    1.0 / 1.5 s equally often in both classes (no duration shortcut)."""
+    root = tmp_path_factory.mktemp("planted")
+    (root / "test").mkdir()
+    rows = []
+    for i in range(16):
+        fake = i % 2
+        name = f"{i:032x}.mp4"
+        write_video(root / "test" / name, seconds=1.0 if (i // 2) % 2 else 1.5,
+                    silence=0.5 + 0.025 * i / 2 if fake else 0.0, seed=i)
+        rows.append((name, fake))
+    with open(root / "test_labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("video_name", "target"), *rows])
+    return root
+
+
+def test_leading_silence_is_measured_from_the_decoded_audio(planted):
+    fake = next(p for p in sorted((planted / "test").iterdir()) if int(p.stem, 16) == 5)
+    features = ev.media_features(fake)
+    assert features["leading_silence"] == pytest.approx(0.5 + 0.025 * 5 / 2, abs=0.03)
+    assert features["duration"] == pytest.approx(1.5, abs=0.05)
+    assert (features["width"], features["height"], features["fps"], features["sample_rate"]) == (64, 64, 10, 16000)
+
+
+def test_shortcut_audit_flags_the_planted_leading_silence(planted):
+    out = planted / "eval" / "shortcuts.json"
+    evaluate("shortcuts", "--data", planted, "--splits", "test", "--out", out, "--workers", 1)
+    audit = json.loads(out.read_text())["splits"]["test"]
+    assert audit["videos"] == 16 and audit["n_fake"] == 8
+    silence = audit["features"]["leading_silence"]
+    assert silence["auc"] == 1.0 and silence["flag"] and silence["direction"] == "higher in fakes"
+    assert "leading_silence" in audit["significant"]
+    for feature in ("duration", "width", "height", "fps", "sample_rate", "audio_channels"):
+        assert audit["features"][feature]["separability"] == 0.5, feature
+        assert feature not in audit["flagged"]
+    assert out.with_suffix(".png").stat().st_size > 0 and out.with_suffix(".csv").is_file()
+    # --fail-on-flag turns a flagged shortcut into a failing exit code (for CI on a new dataset)
+    failing = evaluate("shortcuts", "--data", planted, "--splits", "test", "--out", out, "--workers", 1,
+                       "--fail-on-flag", expect=1)
+    assert "leading_silence" in failing.stdout
+
+
+def test_feature_auc_is_direction_free():
+    features = {f"v{i}": {name: 0.0 for name in ev.FEATURES} for i in range(6)}
+    for i in range(6):
+        features[f"v{i}"]["duration"] = 10.0 - i  # fakes (i >= 3) are shorter
+    labels = {f"v{i}": int(i >= 3) for i in range(6)}
+    audit = ev.shortcut_audit(features, labels, threshold=0.7)
+    duration = audit["features"]["duration"]
+    assert duration["auc"] == 0.0 and duration["separability"] == 1.0
+    assert duration["direction"] == "lower in fakes" and audit["flagged"] == ["duration"]
+
+
+def test_group_metrics_score_genuine_against_each_group():
+    meta = [{"video_name": f"v{i}.mp4", "split": "test", "target": str(t), "category": c, "method": m}
+            for i, (t, c, m) in enumerate([(0, ev.REAL_CATEGORY, "real")] * 3 + [(1, "RealVideo-FakeAudio", "voice")] * 2
+                                          + [(1, "FakeVideo-RealAudio", "swap")] * 2)]
+    # an audio head that ranks voice fakes above every genuine video, and swap fakes below them
+    audio = [0.3, 0.4, 0.5, 0.9, 0.8, 0.1, 0.2]
+    scores = {f"v{i}.mp4": {"score": 0.5, "audio_score": a, "visual_score": None} for i, a in enumerate(audio)}
+    by_category = ev.group_metrics(meta, scores, "audio_score", "category")
+    assert by_category["RealVideo-FakeAudio"]["auc"] == 1.0 and by_category["FakeVideo-RealAudio"]["auc"] == 0.0
+    assert by_category["RealVideo-FakeAudio"]["n"] == 5 and by_category["all"]["n_fake"] == 4
+    assert ev.group_metrics(meta, scores, "visual_score", "method") == {"all": {"n": 0, "n_fake": 0, "auc": None,
+                                                                                ev.TPR_KEY: None}}
+
+
+# --- the real pipeline on the session's tiny data ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo(synthetic_dataset, packed_shards, tiny_run, tmp_path_factory) -> Path:
+    return build_demo(tmp_path_factory.getbasetemp() / "eval_demo", synthetic_dataset, packed_shards, tiny_run)
+
+
+def test_modality_per_head_and_category(demo):
+    evaluate("modality", "--demo-dir", demo)
+    result = json.loads((demo / "eval" / "modality.json").read_text())
+    meta = ev.read_meta(demo / "data")
+    genuine = sum(r["split"] == "test" and r["target"] == "0" for r in meta)
+    tiny, baseline = result["models"]["tiny"], result["models"]["baseline"]
+    assert set(tiny["heads"]) == {"fused", "audio", "visual"}
+    assert set(baseline["heads"]) == {"fused"}  # the seed baseline has no per-modality heads
+    for category, m in tiny["heads"]["audio"]["by_category"].items():
+        fakes = sum(r["split"] == "test" and (category == "all" or r["category"] == category) and r["target"] == "1"
+                    for r in meta)
+        assert (m["n"], m["n_fake"]) == (genuine + fakes, fakes)
+        assert m["auc"] is None or 0.0 <= m["auc"] <= 1.0
+    assert {r["method"] for r in meta if r["split"] == "test" and r["target"] == "1"} | {"all"} == \
+        set(tiny["heads"]["fused"]["by_method"])
+    assert (demo / "eval" / "modality.png").stat().st_size > 0
+
+
+def test_robustness_table_and_plot(demo):
+    evaluate("robustness", "--demo-dir", demo, "--workers", 2, "--threads", 2, *ROBUSTNESS_ARGS)
+    result = json.loads((demo / "eval" / "robustness.json").read_text())
+    assert [(c["perturbation"], c["level"]) for c in result["conditions"]] == [
+        (p, lv) for p in ("gaussian_blur", "h264_crf", "noise_snr_db", "aac_kbps") for lv in (1, 5)]
+    # clean scores are the submission's: the same extraction and the same Predictor
+    submission = {r["video_name"]: float(r["score"]) for r in ev.read_csv_rows(demo / "submissions" / "tiny.csv")}
+    labels = {r["video_name"]: int(r["target"]) for r in ev.read_csv_rows(demo / "data" / "test_labels.csv")}
+    names = sorted(labels)
+    expected = ev.binary_metrics([labels[n] for n in names], [submission[n] for n in names])["auc"]
+    assert result["clean"]["fused"]["auc"] == pytest.approx(expected, abs=1e-3)
+    for c in result["conditions"]:
+        assert 0.0 <= c["auc"] <= 1.0 and c["kind"] == ("audio" if c["perturbation"] in ("noise_snr_db", "aac_kbps")
+                                                         else "video")
+        # a perturbation of one modality cannot move the head that never sees it
+        untouched = "visual" if c["kind"] == "audio" else "audio"
+        assert c["heads"][untouched] == pytest.approx(result["clean"][untouched]["auc"], abs=1e-9)
+    table = ev.read_csv_rows(demo / "eval" / "robustness.csv")
+    assert table[0]["perturbation"] == "clean" and len(table) == 1 + len(result["conditions"])
+    assert (demo / "eval" / "robustness.png").stat().st_size > 0
+
+
+def test_generality_holds_methods_out_of_training(demo):
+    evaluate("generality", "--demo-dir", demo, "--workers", 2, *GENERALITY_ARGS)
+    result = json.loads((demo / "eval" / "generality.json").read_text())
+    (experiment,) = result["experiments"]
+    meta = ev.read_meta(demo / "data")
+    assert experiment["held_out"] == ["lip_sync"]
+    assert experiment["train_videos"] == sum(r["split"] == "train" and r["method"] != "lip_sync" for r in meta)
+    work = demo / "eval" / "generality" / "holdout-lip_sync"
+    trained_on = {p.name for p in (work / "data" / "train").iterdir()}
+    assert not trained_on & {r["video_name"] for r in meta if r["method"] == "lip_sync"}
+    test_methods = {r["method"] for r in meta if r["split"] == "test" and r["target"] == "1"}
+    assert set(experiment["per_method"]) == test_methods
+    lip_sync_test = sum(r["split"] == "test" and r["method"] == "lip_sync" for r in meta)
+    assert lip_sync_test > 0 and experiment["per_method"]["lip_sync"]["n_fake"] == lip_sync_test
+    for method, m in experiment["per_method"].items():
+        assert m["seen"] == (method != "lip_sync")
+        assert m["auc"] is None or 0.0 <= m["auc"] <= 1.0
+    assert experiment["unseen_pooled"]["n_fake"] == sum(r["split"] == "test" and r["method"] == "lip_sync"
+                                                        for r in meta)
+    assert set(experiment["reference"]["per_method"]) == test_methods | {"all"}
+    assert (work / "run" / "best" / "model.safetensors").is_file()
+    assert (demo / "eval" / "generality.png").stat().st_size > 0
+
+
+def test_speed_table_names_the_machine(demo):
+    evaluate("speed", "--demo-dir", demo, "--workers", 2, *SPEED_ARGS)
+    result = json.loads((demo / "eval" / "speed.json").read_text())
+    assert result["machine"]["cpu"] and result["machine"]["usable_cores"] >= 1
+    assert result["packing"]["videos_per_s_per_core"] > 0 or len(result["packing"]) > 1
+    assert result["inference"]["videos_per_s"] > 0
+    assert any("clips_per_s" in k for k in result["training"]["tiny"])
