@@ -1,0 +1,108 @@
+"""The shard sample format: the one place that encodes a ``Clip`` into tar members and decodes them again.
+
+A sample (one video) is stored as ``<key>.json``, ``<key>.f00.jpg`` .. ``<key>.f{T-1:02d}.jpg``,
+``<key>.audio.npy`` (int16 mono) and ``<key>.cls`` (only when the label is known); see the project contract for
+the json fields. ``decode`` turns the raw members (as WebDataset yields them, bytes per extension) into the
+reader's output::
+
+    {"frames": uint8 tensor [T, 3, S, S], "audio": float32 tensor [N] in [-1, 1], "label": int (-1 unknown),
+     "key": exact video file name, "has_face": bool, "has_audio": bool, "meta": the json dict}
+
+``clip_to_sample(clip, label)`` = ``decode(encode(clip, ...))``: inference sees exactly what training saw,
+JPEG round trip included. Encoding is deterministic (same clip -> same bytes).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+from shards.extract import Clip
+
+FRAME_EXT = "f{:02d}.jpg"
+AUDIO_EXT = "audio.npy"
+
+
+def sample_key(video_name: str) -> str:
+    """The WebDataset key of a video: its stem with every '.' replaced by '_' (keys end at the first dot)."""
+    stem = video_name.rsplit(".", 1)[0] if "." in video_name.lstrip(".") else video_name
+    return stem.replace(".", "_")
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return data.tobytes()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("not a JPEG image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def encode(clip: Clip, key: str, label: int | None) -> dict[str, bytes | str]:
+    """Tar members of one sample for ``webdataset.TarWriter`` (every value already bytes)."""
+    if label not in (None, 0, 1):
+        raise ValueError(f"label must be 0, 1 or None, got {label!r}")
+    meta = dict(clip.meta, label=label)
+    quality = int(meta.get("jpeg_quality", 95))
+    sample: dict[str, bytes | str] = {"__key__": key}
+    sample["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    for i, frame in enumerate(clip.frames):
+        sample[FRAME_EXT.format(i)] = encode_jpeg(frame, quality)
+    sample[AUDIO_EXT] = encode_npy(clip.audio.astype(np.int16, copy=False))
+    if label is not None:
+        sample["cls"] = str(int(label)).encode()
+    return sample
+
+
+def decode(sample: dict) -> dict:
+    """Raw WebDataset sample (bytes per extension) -> the reader's output dict (see the module doc)."""
+    import torch
+
+    key = sample.get("__key__", "?")
+    if "json" not in sample:
+        raise ValueError(f"sample {key} ({sample.get('__url__', '?')}) has no .json member: not a shards sample")
+    meta = json.loads(sample["json"])
+    count = int(meta["frames"])
+    names = [FRAME_EXT.format(i) for i in range(count)]
+    missing = [n for n in names + [AUDIO_EXT] if n not in sample]
+    if missing:
+        raise ValueError(f"sample {key} ({sample.get('__url__', '?')}) lacks members {missing}: the shard is "
+                         "damaged or from another tool; repack it with `python -m shards.pack`")
+    frames = np.stack([decode_jpeg(sample[n]) for n in names])
+    pcm = decode_npy(sample[AUDIO_EXT])
+    label = meta.get("label")
+    return {
+        "frames": torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),
+        "audio": torch.from_numpy(pcm.astype(np.float32) / 32768.0),
+        "label": -1 if label is None else int(label),
+        "key": meta.get("video_name", key),
+        "has_face": bool(meta.get("has_face", False)),
+        "has_audio": bool(meta.get("has_audio", False)),
+        "meta": meta,
+    }
+
+
+def clip_to_sample(clip: Clip, label: int | None = None) -> dict:
+    """The reader's output for a freshly extracted clip, through the same JPEG encoding the shards use."""
+    return decode(encode(clip, sample_key(clip.meta.get("video_name", "clip")), label))
