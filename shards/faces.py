@@ -17,6 +17,8 @@ import numpy as np
 
 from shards.assets import face_model_path
 
+_FORKED_HANDLES: list = []  # detectors inherited through fork: never closed or freed in the child
+
 
 @dataclass(frozen=True)
 class Face:
@@ -60,6 +62,14 @@ class FaceDetector:
         # mediapipe closes through a thread pool that is gone by the time atexit or __del__ run; threading's
         # exit hooks run in reverse order before that pool shuts down, so closing there is clean.
         threading._register_atexit(self.close)
+        # A forked child (e.g. a DataLoader worker) inherits this object but not MediaPipe's threads: closing it
+        # there waits forever at exit. The child keeps the dead handle aside instead and never closes it.
+        os.register_at_fork(after_in_child=self._forget_in_child)
+
+    def _forget_in_child(self) -> None:
+        if self._detector is not None:
+            _FORKED_HANDLES.append(self._detector)
+            self._detector = None
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 [H, W, 3] frame, largest first."""
