@@ -1,0 +1,65 @@
+"""Decoding: the seek plan returns exactly the frames a full sequential decode shows at the wanted times."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+from media_factory import write_video
+
+from shards import media
+from shards.extract import clip_span, frame_times
+
+
+def brute_force(path, times, max_side=1920):
+    """Decode every frame; pick the last one with timestamp <= t (the first frame before the start)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        decoded = [(float(f.pts * stream.time_base), f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+    out = []
+    for t in times:
+        before = [rgb for ft, rgb in decoded if ft <= t + 1e-6]
+        out.append(before[-1] if before else decoded[0][1])
+    return out, len(decoded)
+
+
+@pytest.mark.parametrize("keyint, frames", [(5, 6), (250, 6), (5, 40)])
+def test_decode_plan_matches_sequential_decode(tmp_path, keyint, frames):
+    path = write_video(tmp_path / "v.mp4", seconds=6, fps=25, keyint=keyint, audio=False)
+    times = frame_times(0.0, 6.0, frames)
+    with media.open_media(path) as container:
+        got, actual, stats = media.decode_frames(container, times)
+    expected, total = brute_force(path, times)
+    for g, e in zip(got, expected, strict=True):
+        assert np.array_equal(g, e)
+    assert actual == sorted(actual) and len(got) == frames
+    if keyint == 5 and frames == 6:  # sparse frames, short GOPs: seeks skip most of the video
+        assert stats["seeks"] > 1 and stats["decoded"] < total // 2
+    if keyint == 250:  # one GOP: one pass, nothing decoded twice
+        assert stats["seeks"] == 1 and stats["decoded"] <= total
+
+
+def test_audio_span_is_exact_and_mono(tmp_path):
+    path = write_video(tmp_path / "a.mp4", seconds=3.0, sample_rate=44100, channels=2)
+    start, end = clip_span(0.0, 3.0, 2.0)
+    with media.open_media(path) as container:
+        pcm, stats = media.decode_audio(container, start, end, 16000)
+    assert pcm.dtype == np.int16 and pcm.shape == (32000,)
+    assert stats["source_rate"] == 44100 and stats["missing_seconds"] == 0
+    assert np.abs(pcm).max() > 3000  # the 0.3-amplitude tone, not silence
+
+
+def test_large_frames_are_downscaled_while_decoding(tmp_path):
+    path = write_video(tmp_path / "big.mp4", width=1280, height=720, seconds=0.4, audio=False)
+    with media.open_media(path) as container:
+        frames, _, _ = media.decode_frames(container, [0.1, 0.3], max_side=640)
+    assert frames[0].shape == (360, 640, 3)
+
+
+def test_open_errors_have_reasons(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("not a video at all\n" * 50)
+    for name, reason in (("empty.mp4", "empty_file"), ("text.mp4", "unreadable"), ("nope.mp4", "missing_file")):
+        with pytest.raises(media.MediaError) as error:
+            media.open_media(tmp_path / name)
+        assert error.value.reason == reason
