@@ -44,11 +44,13 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import math
 import os
 import signal
 import sys
+import tarfile
 import threading
 import time
 import traceback
@@ -79,7 +81,9 @@ from shards.merge import (
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".3gp", ".flv",
                     ".wmv")
 DEFAULT_SHARD_MB = 256.0
-JPEG_BYTES_PER_PIXEL = 0.30  # 224x224 face crops at quality 95 average ~15 KB (scripts/bench_pack.py prints it)
+# 224x224 face crops at quality 95: 0.29 B/pixel on the synthetic dataset, 0.39 on 720p test videos
+# (scripts/bench_pack.py prints it) -> about 17 KB per frame
+JPEG_BYTES_PER_PIXEL = 0.35
 TAR_MEMBER_OVERHEAD = 1024  # header + padding per member
 TAR_MTIME = 1_700_000_000  # fixed member time: identical inputs give byte-identical tars
 EXIT_NOTHING_PACKED = 1
@@ -275,6 +279,12 @@ def _init_worker(options: ExtractOptions) -> None:
     cv2.setNumThreads(1)
     _worker["options"] = options
     _worker["detector"] = None
+    import scipy.signal  # noqa: F401  (the audio resampler: start-up, not the first video's time limit)
+
+    try:
+        _detector()
+    except Exception:  # noqa: S110 - a broken model install must fail each video with its message, not the pool
+        pass
 
 
 def _detector():
@@ -307,7 +317,7 @@ def process_video(video: Video, timeout: float) -> dict:
     from shards.extract import ExtractionError, extract
     from shards.format import encode
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     record = {"video_name": video.name, "key": video.key, "label": video.label, "fallbacks": [],
               "reason": None, "detail": None}
     use_alarm = timeout > 0 and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
@@ -333,12 +343,13 @@ def process_video(video: Video, timeout: float) -> dict:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
     record["seconds"] = round(time.perf_counter() - started, 3)
+    record["cpu_seconds"] = round(time.process_time() - cpu_started, 3)  # all threads of the worker
     return {"record": record, "sample": sample}
 
 
 def _worker_died(video: Video) -> dict:
     record = {"video_name": video.name, "key": video.key, "label": video.label, "fallbacks": [],
-              "status": "failed", "reason": "worker_died", "seconds": None,
+              "status": "failed", "reason": "worker_died", "seconds": None, "cpu_seconds": None,
               "detail": "the worker process died while extracting this video, also when retried alone "
                         "(killed by the OS, e.g. out of memory, or a crash inside FFmpeg/MediaPipe)"}
     return {"record": record, "sample": None}
@@ -441,26 +452,32 @@ class ShardWriter:
     """Writes one shard to ``<name>.<part>.tmp`` and renames it; then its stats."""
 
     def __init__(self, out: Path, plan: ShardPlan, tag: str):
-        import webdataset as wds
-
         self.plan, self.path, self.tag = plan, out / plan.name, tag
         self.tmp = out / f"{plan.name}.{tag}.tmp"
         self.file = open(self.tmp, "wb")
-        self.writer = wds.TarWriter(self.file, encoder=False, mtime=TAR_MTIME, format="PAX_FORMAT")
+        # plain tarfile rather than webdataset.TarWriter: the same layout (members "<key>.<ext>", sorted by ext)
+        # without importing torch in the parent. PAX keeps long and non-ASCII names intact.
+        self.tar = tarfile.open(fileobj=self.file, mode="w|", format=tarfile.PAX_FORMAT)
         self.records: list[dict] = []
         self.started = time.time()
 
     def add(self, result: dict) -> None:
         record = dict(result["record"])
-        if result["sample"] is not None:
-            self.writer.write(result["sample"])
+        sample = result["sample"]
+        if sample is not None:
+            key = sample["__key__"]
+            for ext in sorted(k for k in sample if not k.startswith("_")):
+                data = sample[ext]
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o444
+                self.tar.addfile(info, io.BytesIO(data))
             record["shard"] = self.plan.name
         else:
             record["shard"] = None
         self.records.append(record)
 
     def close(self) -> dict:
-        self.writer.close()
+        self.tar.close()
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -526,7 +543,7 @@ def pack(config: PackConfig) -> dict:
     writers: dict[int, ShardWriter] = {}
     remaining = {p.index: len(p.videos) for p in todo}
     owner = {id(v): p for p in todo for v in p.videos}
-    for video, result in pool.run(v for p in todo for v in p.videos):
+    for video, result in pool.run(v for p in todo for v in p.videos) if todo else ():
         plan = owner[id(video)]
         if plan.index not in writers:
             writers[plan.index] = ShardWriter(config.out, plan, tag)
