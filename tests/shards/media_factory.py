@@ -3,7 +3,7 @@
 ``write_video(path, ...)`` renders a face photo from the asset cache (or no face) drifting slowly over a
 textured background, with a tone that changes pitch each half second as audio. Every knob a bad-input case
 needs is an argument: size, duration, fps, audio presence / rate / channels, no video stream, keyframe
-interval, moov-at-front (``faststart``) so a truncated copy stays readable. Same arguments -> same frames.
+interval, encoder preset (B-frames), moov-at-front (``faststart``) so a truncated copy stays readable. Same arguments -> same frames.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def tone(seconds: float, sample_rate: int, channels: int) -> np.ndarray:
 def write_video(path: str | Path, *, width: int = 320, height: int = 240, seconds: float = 2.0, fps: int = 25,
                 face: str | None = "astronaut", faces: int = 1, video: bool = True, audio: bool = True,
                 sample_rate: int = 44100, channels: int = 1, keyint: int | None = None, faststart: bool = False,
-                crf: int = 28) -> Path:
+                crf: int = 28, preset: str = "ultrafast") -> Path:
     """Write an mp4 (H.264 yuv420p + AAC) and return its path. ``video=False`` writes an audio-only mp4."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,7 @@ def write_video(path: str | Path, *, width: int = 320, height: int = 240, second
             vstream = container.add_stream("libx264", rate=Fraction(fps))
             vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
             vstream.codec_context.thread_count = 1
-            opts = {"crf": str(crf), "preset": "ultrafast"}
+            opts = {"crf": str(crf), "preset": preset}  # "veryfast" and slower use B-frames
             if keyint:
                 opts["g"] = str(keyint)
                 opts["keyint_min"] = str(keyint)

@@ -12,10 +12,10 @@ from shards.extract import clip_span, frame_times
 
 
 def brute_force(path, times, max_side=1920):
-    """Decode every frame; pick the last one with timestamp <= t (the first frame before the start)."""
+    """Decode every frame (same RGB conversion); pick the last one with timestamp <= t (or the first frame)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        decoded = [(float(f.pts * stream.time_base), f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+        decoded = [(float(f.pts * stream.time_base), media._to_rgb(f, max_side)) for f in container.decode(stream)]
     out = []
     for t in times:
         before = [rgb for ft, rgb in decoded if ft <= t + 1e-6]
@@ -23,9 +23,10 @@ def brute_force(path, times, max_side=1920):
     return out, len(decoded)
 
 
-@pytest.mark.parametrize("keyint, frames", [(5, 6), (250, 6), (5, 40)])
-def test_decode_plan_matches_sequential_decode(tmp_path, keyint, frames):
-    path = write_video(tmp_path / "v.mp4", seconds=6, fps=25, keyint=keyint, audio=False)
+@pytest.mark.parametrize("keyint, frames, preset", [(5, 6, "ultrafast"), (250, 6, "ultrafast"), (5, 40, "ultrafast"),
+                                                    (12, 7, "veryfast"), (250, 16, "medium")])
+def test_decode_plan_matches_sequential_decode(tmp_path, keyint, frames, preset):
+    path = write_video(tmp_path / "v.mp4", seconds=6, fps=25, keyint=keyint, audio=False, preset=preset)
     times = frame_times(0.0, 6.0, frames)
     with media.open_media(path) as container:
         got, actual, stats = media.decode_frames(container, times)
@@ -37,6 +38,8 @@ def test_decode_plan_matches_sequential_decode(tmp_path, keyint, frames):
         assert stats["seeks"] > 1 and stats["decoded"] < total // 2
     if keyint == 250:  # one GOP: one pass, nothing decoded twice
         assert stats["seeks"] == 1 and stats["decoded"] <= total
+    if preset != "ultrafast":  # B-frames: the non-reference ones that are not wanted are not decoded
+        assert stats["decoded"] < total
 
 
 def test_audio_span_is_exact_and_mono(tmp_path):
@@ -47,6 +50,15 @@ def test_audio_span_is_exact_and_mono(tmp_path):
     assert pcm.dtype == np.int16 and pcm.shape == (32000,)
     assert stats["source_rate"] == 44100 and stats["missing_seconds"] == 0
     assert np.abs(pcm).max() > 3000  # the 0.3-amplitude tone, not silence
+
+
+def test_rgb_conversion_fast_path_matches_swscale(tmp_path):
+    path = write_video(tmp_path / "c.mp4", seconds=0.2, audio=False)
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        fast = media._to_rgb(frame, 1920)
+        reference = frame.to_ndarray(format="rgb24")
+    assert fast.shape == reference.shape and np.abs(fast.astype(int) - reference).mean() < 1.5
 
 
 def test_large_frames_are_downscaled_while_decoding(tmp_path):
