@@ -22,6 +22,12 @@ import numpy as np
 from shards.extract import Clip
 
 FRAME_EXT = "f{:02d}.jpg"
+# json fields written by extraction and encoding; extra per-video columns (shards.pack --meta) may not reuse them
+RESERVED_JSON_KEYS = frozenset({
+    "video_name", "label", "frames", "size", "margin", "jpeg_quality", "clip_start", "clip_end", "times",
+    "frame_times", "boxes", "crop_boxes", "scores", "fallbacks", "has_face", "has_audio", "audio_sample_rate",
+    "source",
+})
 AUDIO_EXT = "audio.npy"
 
 

@@ -3,13 +3,15 @@
     python -m shards.pack --videos DIR [--labels LABELS.csv] --out OUTDIR [--workers N]
         [--frames 16 --size 224 --margin 0.3 --max-clip-seconds 10 --jpeg-quality 95]
         [--shard-max-mb 256 | --shard-max-count N] [--num-parts N --part I] [--allow-unlabeled]
-        [--allow-missing-videos] [--video-timeout 300]
+        [--allow-missing-videos] [--meta META.csv [--meta-columns category,method]] [--video-timeout 300]
 
 Inputs: every file in DIR with a video extension (``VIDEO_EXTENSIONS``, any case) plus every name the labels
 list, sorted by name. Other files are listed in the manifest as ``ignored_files``. The labels CSV needs a
 ``video_name,target`` header (target 0/1, 1 = fake); a labelled video missing from DIR, a video without a label
 (unless ``--allow-unlabeled``: packed with label null), a duplicate name or a bad value stops the run before any
 work with a message that names the file and the fix. Without ``--labels`` every sample has label null.
+``--meta meta.csv`` copies per-video columns (default ``category,method``: the FakeAVCeleb category gives the
+per-modality labels) into each sample's json; videos it does not list get none.
 
 Outcomes (manifest ``videos[].status``): ``packed``; ``packed_with_fallback`` (``fallbacks`` says which, e.g.
 ``no_face`` -> centre crop, ``no_audio`` -> silent audio; see ``shards.extract``); ``failed`` with ``reason``
@@ -62,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards.extract import ExtractOptions
-from shards.format import sample_key
+from shards.format import RESERVED_JSON_KEYS, sample_key
 from shards.merge import (
     FORMAT_VERSION,
     MANIFEST_FILE,
@@ -100,6 +102,7 @@ class Video:
     path: Path
     label: int | None
     key: str
+    extra: tuple[tuple[str, str], ...] = ()  # --meta columns copied into the sample json
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class PackConfig:
     workers: int = os.cpu_count() or 1
     allow_unlabeled: bool = False
     allow_missing_videos: bool = False
+    meta: Path | None = None
+    meta_columns: tuple[str, ...] = ("category", "method")
     video_timeout: float = 300.0
     prefix: str = "shard"
     progress: bool = True
@@ -180,8 +185,25 @@ def read_labels(path: Path) -> dict[str, int]:
     return labels
 
 
+def read_meta(path: Path, columns: tuple[str, ...]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """{video_name: ((column, value), ...)} from a CSV with a ``video_name`` column (e.g. the dataset's meta.csv)."""
+    if not path.is_file():
+        raise InputError(f"--meta {path} does not exist; pass the dataset's meta.csv or omit --meta")
+    taken = sorted(set(columns) & RESERVED_JSON_KEYS)
+    if taken:
+        raise InputError(f"--meta-columns {taken} would overwrite fields of the sample json; choose other columns")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("video_name", *columns) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{path}: no column {missing} (header: {reader.fieldnames}); pass a CSV with "
+                             f"video_name and {', '.join(columns)}, or choose others with --meta-columns")
+        return {row["video_name"].strip(): tuple((c, row[c].strip()) for c in columns) for row in reader}
+
+
 def collect_inputs(videos: Path, labels_path: Path | None, allow_unlabeled: bool = False,
-                   allow_missing: bool = False) -> tuple[list[Video], list[str]]:
+                   allow_missing: bool = False,
+                   meta: dict[str, tuple[tuple[str, str], ...]] | None = None) -> tuple[list[Video], list[str]]:
     """(sorted inputs with unique keys, names of ignored files)."""
     if not videos.is_dir():
         raise InputError(f"--videos {videos} is not a folder; pass the folder that holds the video files")
@@ -204,7 +226,9 @@ def collect_inputs(videos: Path, labels_path: Path | None, allow_unlabeled: bool
         names = sorted(media | set(labels))
     ignored = sorted(set(files) - set(names))
     keys = assign_keys(names)
-    inputs = [Video(n, videos / n, None if labels is None else labels.get(n), keys[n]) for n in names]
+    meta = meta or {}
+    inputs = [Video(n, videos / n, None if labels is None else labels.get(n), keys[n], meta.get(n, ()))
+              for n in names]
     return inputs, ignored
 
 
@@ -248,6 +272,8 @@ def recorded_options(config: PackConfig) -> dict:
         "labels_sha256": labels_sha,
         "allow_unlabeled": config.allow_unlabeled,
         "allow_missing_videos": config.allow_missing_videos,
+        "meta_sha256": hashlib.sha256(config.meta.read_bytes()).hexdigest() if config.meta else None,
+        "meta_columns": list(config.meta_columns) if config.meta else [],
     }
 
 
@@ -328,6 +354,7 @@ def process_video(video: Video, timeout: float) -> dict:
     try:
         _inject_fault(video.name)
         clip = extract(video.path, _worker["options"], _detector())
+        clip.meta.update(video.extra)
         sample = encode(clip, video.key, video.label)
         record["fallbacks"] = list(clip.meta["fallbacks"])
         record["status"] = "packed_with_fallback" if record["fallbacks"] else "packed"
@@ -524,7 +551,9 @@ def pack(config: PackConfig) -> dict:
 
     if not 0 <= config.part < config.num_parts:
         raise InputError(f"--part {config.part} is not in 0..{config.num_parts - 1} (--num-parts {config.num_parts})")
-    inputs, ignored = collect_inputs(config.videos, config.labels, config.allow_unlabeled, config.allow_missing_videos)
+    meta = read_meta(config.meta, config.meta_columns) if config.meta is not None else None
+    inputs, ignored = collect_inputs(config.videos, config.labels, config.allow_unlabeled,
+                                     config.allow_missing_videos, meta)
     plans = plan_shards(inputs, config)
     options = recorded_options(config)
     config.out.mkdir(parents=True, exist_ok=True)
@@ -614,6 +643,10 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
     p.add_argument("--allow-unlabeled", action="store_true", help="pack videos missing from --labels (label null)")
     p.add_argument("--allow-missing-videos", action="store_true",
                    help="record labelled videos missing from --videos as failed instead of stopping")
+    p.add_argument("--meta", type=Path, default=None,
+                   help="CSV with video_name + --meta-columns (e.g. the dataset's meta.csv): copied into each json")
+    p.add_argument("--meta-columns", default="category,method",
+                   help="comma-separated --meta columns to copy (default: category,method)")
     p.add_argument("--video-timeout", type=float, default=300.0, help="seconds per video before it fails (0: none)")
     p.add_argument("--prefix", default="shard", help="shard name prefix")
     p.add_argument("--no-progress", action="store_true")
@@ -633,6 +666,7 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
     return PackConfig(videos=a.videos, out=a.out, labels=a.labels, extract=extract, shard_max_count=a.shard_max_count,
                       shard_max_mb=a.shard_max_mb, num_parts=a.num_parts, part=a.part, workers=max(0, a.workers),
                       allow_unlabeled=a.allow_unlabeled, allow_missing_videos=a.allow_missing_videos,
+                      meta=a.meta, meta_columns=tuple(c.strip() for c in a.meta_columns.split(",") if c.strip()),
                       video_timeout=a.video_timeout, prefix=a.prefix, progress=not a.no_progress)
 
 

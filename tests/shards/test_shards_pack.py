@@ -138,3 +138,22 @@ def test_allow_unlabeled_and_missing(small_videos, tmp_path):
     assert unlabeled["status"] == "packed" and unlabeled["label"] is None
     sample = samples_by_name(out)[sorted(GOOD_VIDEOS)[-1]]
     assert sample["label"] == -1 and json.loads(json.dumps(sample["meta"]))["label"] is None
+
+
+def test_meta_columns_are_copied_into_the_json(small_videos, tmp_path, capsys):
+    videos, labels = small_videos
+    names = sorted(GOOD_VIDEOS)
+    meta = tmp_path / "meta.csv"
+    meta.write_text("video_name,split,target,category,method\n" + "".join(
+        f"{n},train,{GOOD_VIDEOS[n][0]},{'FakeVideo-RealAudio' if GOOD_VIDEOS[n][0] else 'RealVideo-RealAudio'},"
+        f"{'face_swap' if GOOD_VIDEOS[n][0] else 'real'}\n" for n in names[1:]))
+    out = tmp_path / "out"
+    fast = ["--frames", "2", "--size", "32", "--max-clip-seconds", "0.5", "--no-progress", "--workers", "0"]
+    assert run_pack("--videos", videos, "--labels", labels, "--meta", meta, "--out", out, *fast) == 0
+    samples = samples_by_name(out)
+    assert samples[names[-1]]["meta"]["category"] == "FakeVideo-RealAudio"
+    assert samples[names[-1]]["meta"]["method"] == "face_swap"
+    assert "category" not in samples[names[0]]["meta"]  # not listed in meta.csv
+    assert run_pack("--videos", videos, "--meta", meta, "--meta-columns", "label", "--out", tmp_path / "o2",
+                    *fast) == 2
+    assert "overwrite" in capsys.readouterr().err
