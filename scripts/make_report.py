@@ -33,7 +33,7 @@ from infer import evaluation as ev  # noqa: E402
 TEMPLATE = ROOT / "report" / "template.md"
 EVALUATIONS = ("shortcuts", "modality", "robustness", "generality", "speed")  # speed reads robustness' timing
 OURS = "tiny"  # the run compared with the baseline when several exist (the demo trains baseline and tiny)
-EXPLAIN_FIGURES = 8  # at most this many explanation PNGs per model in the report
+EXPLAIN_VIDEOS = 4  # explained videos shown per model: the 2 highest- and the 2 lowest-scoring
 log = logging.getLogger("report")
 
 
@@ -482,9 +482,11 @@ class Report:
             rows.append([feature, *cells])
         counts = [f"{s}: {a['videos']} videos ({a['n_fake']} fake), chance AUC s.d. {num(a['null_sd'], 3)}"
                   for s, a in result["splits"].items()]
-        verdict = (_flag_summary(result) + f". Significant: p < {ev.SIGNIFICANCE} that a feature unrelated to the "
-                   "label separates the classes this well (normal approximation of the Mann-Whitney null); other "
-                   "flags are within sampling noise of a small split.")
+        flagged = any(a["flagged"] for a in result["splits"].values())
+        verdict = _flag_summary(result).capitalize() + "." + (
+            f" Significant: p < {ev.SIGNIFICANCE} that a feature unrelated to the label separates the classes this "
+            "well (normal approximation of the Mann-Whitney null); other flags are within the sampling noise of a "
+            "small split." if flagged else "")
         text = [f"Each metadata feature of the video files alone is used as the score (PyAV probe; leading silence "
                 f"measured on the decoded audio). Reported: max(AUC, 1-AUC); flagged when >= {result['threshold']}.",
                 "", "; ".join(counts) + ".", "", table(["feature", *splits], rows), "", verdict, ""]
@@ -497,20 +499,28 @@ class Report:
         if not self.explain:
             return missing("explanation figures (infer/explain.py)",
                            "python -m infer --videos DATA/test --checkpoint RUN/best --out X.csv --explain OUTDIR")
-        text = []
+        meta = {r["video_name"]: r for r in self.meta}
+        text = ["Figures written by `python -m infer --explain` (gradient saliency on the face crops and the "
+                "spectrogram, per-time token scores and audio-visual synchrony, per-modality scores) for the "
+                f"highest- and lowest-scoring test videos; at most {EXPLAIN_VIDEOS} videos are shown here."]
         for model, folder in self.explain.items():
-            pngs = sorted(folder.glob("**/*.png"))[:EXPLAIN_FIGURES]
-            target = self.figures / "explain" / model
-            target.mkdir(parents=True, exist_ok=True)
-            text.append(f"**{model}** — `python -m infer --explain` output ({len(list(folder.glob('**/*.png')))} "
-                        f"figures in `{folder}`" + (f", index `{folder / 'index.html'}`" if (folder / "index.html").is_file()
-                                                    else "") + "):")
-            for png in pngs:
-                copy = target / png.relative_to(folder).as_posix().replace("/", "_")
-                shutil.copyfile(png, copy)
-                text += ["", figure(copy, self.out, png.stem.replace("_", " "))]
-            if not pngs:
-                text.append(f"_(no PNG written: see `{self.src.eval_dir / 'logs' / 'explain.log'}`)_")
+            index = folder / "index.html"
+            text += ["", f"**{model}** — all figures: `{index if index.is_file() else folder}`."]
+            shown = 0
+            for entry in explained_videos(folder):
+                row = meta.get(entry["video_name"], {})
+                kind = "fake" if row.get("target") == "1" else "genuine" if row.get("target") == "0" else "?"
+                score = f"score {entry['score']:.3f}" if isinstance(entry.get("score"), float) else ""
+                text += ["", f"*{entry['video_name']}* — {kind}, method {row.get('method', '?')}, "
+                             f"{row.get('category', '?')}; {score}"]
+                for png in entry["pngs"]:
+                    copy = self.figures / "explain" / model / png.relative_to(folder).as_posix().replace("/", "_")
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(png, copy)
+                    text += ["", figure(copy, self.out, png.stem.replace("_", " "))]
+                shown += 1
+            if not shown:
+                text.append(f"_(no figure written: see `{self.src.eval_dir / 'logs' / 'explain.log'}`)_")
         return "\n".join(text)
 
     # 12
@@ -543,6 +553,10 @@ class Report:
             items.append(f"The test split has {test['n_neg']} genuine and {test['n_pos']} fake videos: one video moves "
                          f"the AUC by up to {1 / max(1, min(test['n_neg'], test['n_pos'])):.3f}, and TPR@FPR=1e-3 "
                          f"is interpolated below the first false positive (FPR step {1 / max(1, test['n_neg']):.3f}).")
+        if test and self.baseline and self.baseline.test and self.baseline.test.get("auc") is not None \
+                and test.get("auc") is not None and test["auc"] <= self.baseline.test["auc"]:
+            items.append(f"On this test set `{self.ours.name}` does not beat the organizers' baseline (AUC "
+                         f"{test['auc']:.3f} vs {self.baseline.test['auc']:.3f}).")
         items.append(f"The data are synthetic ({len(self.meta)} videos generated by "
                      "`scripts/make_synthetic_dataset.py` from a few real face photos and real speech recordings); "
                      "the numbers show that the pipeline works end to end, not how it does on real deepfakes.")
@@ -625,6 +639,25 @@ def _history_from_files(run: Run) -> dict[str, list[tuple[int, float]]]:
     if val:
         history["val/auc"] = val
     return history
+
+
+def explained_videos(folder: Path) -> list[dict]:
+    """The videos of an --explain folder to show (explain.json order: highest scores first, then lowest), each
+    with its PNGs; without explain.json, the PNGs grouped by video stem."""
+    listing = folder / "explain.json"
+    entries = json.loads(listing.read_text()) if listing.is_file() else [
+        {"video_name": stem + ".mp4", "figures": {}} for stem in sorted({p.name.split("_")[0]
+                                                                          for p in folder.glob("*.png")})]
+    out = []
+    for entry in entries:
+        stem = Path(entry["video_name"]).stem
+        named = [folder / f for f in (entry.get("figures") or {}).values() if isinstance(f, str)]
+        pngs = [p for p in named if p.suffix == ".png" and p.is_file()] or sorted(folder.glob(f"{stem}_*.png"))
+        if pngs:
+            out.append({**entry, "pngs": pngs})
+    half = EXPLAIN_VIDEOS // 2
+    chosen = out if len(out) <= EXPLAIN_VIDEOS else out[:half] + out[-(EXPLAIN_VIDEOS - half):]
+    return list({e["video_name"]: e for e in chosen}.values())
 
 
 def model_doc(name: str) -> str | None:

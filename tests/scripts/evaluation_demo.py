@@ -17,7 +17,7 @@ BASELINE_OVERRIDES = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_
 ROBUSTNESS_ARGS = ["--perturbations", "gaussian_blur,h264_crf,noise_snr_db,aac_kbps", "--levels", "1,5"]
 GENERALITY_ARGS = ["--holdout", "lip_sync", "--override", "train.epochs=1", "--override", "train.batch_size=4",
                    "--pack-arg=--shard-max-count", "--pack-arg=8"]
-SPEED_ARGS = ["--speed-videos", "4"]
+SPEED_ARGS = ["--speed-videos", "2"]
 
 
 def run(cmd: list) -> subprocess.CompletedProcess:
