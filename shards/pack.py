@@ -299,10 +299,13 @@ class _Timeout(Exception):
     pass
 
 
-def _init_worker(options: ExtractOptions) -> None:
+def _init_worker(options: ExtractOptions, watch_parent: bool = False) -> None:
     import cv2
 
     cv2.setNumThreads(1)
+    if watch_parent:  # a worker whose parent was killed (kill -9, OOM) would otherwise wait forever for work
+        parent = os.getppid()
+        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     _worker["options"] = options
     _worker["detector"] = None
     import scipy.signal  # noqa: F401  (the audio resampler: start-up, not the first video's time limit)
@@ -311,6 +314,12 @@ def _init_worker(options: ExtractOptions) -> None:
         _detector()
     except Exception:  # noqa: S110 - a broken model install must fail each video with its message, not the pool
         pass
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(2)
+    os._exit(1)
 
 
 def _detector():
@@ -400,7 +409,7 @@ class OrderedPool:
         import multiprocessing as mp
 
         return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                   initargs=(self.options,))
+                                   initargs=(self.options, True))
 
     def run(self, tasks: Iterable[Video]) -> Iterator[tuple[Video, dict]]:
         if self.workers <= 0:

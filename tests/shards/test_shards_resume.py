@@ -35,6 +35,26 @@ def assert_same_contents(a: dict, b: dict) -> None:
         assert a[key][2:] == b[key][2:], key
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def test_resume_after_kill_gives_the_same_shards(small_videos, packed_full, tmp_path):
     videos, labels = small_videos
     out = tmp_path / "out"
@@ -51,8 +71,19 @@ def test_resume_after_kill_gives_the_same_shards(small_videos, packed_full, tmp_
             assert process.poll() is None, "the run ended before it could be interrupted"
             assert time.time() < deadline, "the run did not reach the last shard in time"
             time.sleep(0.2)
+        workers = children(process.pid)
+        assert workers, "no worker process found"
+        os.kill(process.pid, signal.SIGKILL)  # kill -9 of the run itself: its workers must not linger
+        process.wait()
+        deadline = time.time() + 20
+        while any(alive(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in workers), "orphaned workers kept running"
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         process.wait()
     assert not (out / "manifest.json").exists()
     assert not (out / "shard-p0000of0001-000002.tar").exists()
