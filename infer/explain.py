@@ -35,8 +35,8 @@ def saliency(predictor, sample: dict) -> dict:
 
     model = predictor.model
     batch = to_device(collate([prepare(sample, predictor.cfg, train=False)]), predictor.device)
-    frames = batch["frames"].float().requires_grad_(True)
-    audio = batch["audio"].float().requires_grad_(True)
+    frames = batch["frames"].float().clone().requires_grad_(True)  # clone: never mark the batch's own tensors
+    audio = batch["audio"].float().clone().requires_grad_(True)
     # +0 makes non-leaf tensors, so the model's in-place normalisation is allowed on them
     outputs = model(dict(batch, frames=frames + 0, audio=audio + 0))
     outputs["logit"][0].backward()
