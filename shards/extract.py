@@ -7,7 +7,8 @@ the one on screen at t_i = clip_start + (i + 0.5) * span / T, and the audio cove
 [clip_start, clip_end] at 16 kHz, so audio segment i = [clip_start + i*span/T, clip_start + (i+1)*span/T] is
 aligned with frame i.
 
-Faces: BlazeFace on each sampled frame (downscaled to ``detect_side``), linked into tracks, the most persistent
+Faces: BlazeFace on the sampled frames (downscaled to ``detect_side``; every ``detect_stride``-th frame, boxes
+interpolated in between where the detections agree, see ``detect_faces``), linked into tracks, the most persistent
 track kept (``shards.faces.track_main_face``) and its gaps filled from the nearest detection; each frame is
 cropped square around that face with ``margin`` and resized to ``size``. Frames larger than ``max_frame_side``
 are downscaled while converting to RGB (a 4K source is cropped from its 1920-wide version), which bounds memory.
