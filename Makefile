@@ -8,7 +8,7 @@ DEMO_DIR ?= runs/demo
 MLFLOW_PORT ?= 5000
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test test-all lint report mlflow-ui bench clean
+.PHONY: install demo test lint report mlflow-ui clean
 
 install: $(STAMP)
 
@@ -29,7 +29,7 @@ lint: install
 	$(VENV)/bin/hadolint Dockerfile
 
 report: install
-	$(PY) scripts/make_report.py --runs $(DEMO_DIR) --out report
+	$(PY) scripts/make_report.py --runs $(DEMO_DIR) --out report $(REPORT_ARGS)
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(DEMO_DIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
