@@ -32,12 +32,13 @@ print(f"[train.sh] python {platform.python_version()} torch {torch.__version__} 
 PY
 echo "[train.sh] data=$DATA_DIR work=$WORK_DIR config=$CONFIG gpus=$NUM_GPUS"
 
-read -r FRAMES SIZE < <("$PYTHON" -c "from train.config import load_config; d = load_config('$CONFIG').data; print(d.frames, d.size)")
+# shards are packed with the extraction options of the config (inference reads them from the checkpoint)
+read -r -a PACK_ARGS < <("$PYTHON" -c "import sys; from train.config import load_config; from train.data import pack_arguments; print(' '.join(pack_arguments(load_config(sys.argv[1]))))" "$CONFIG")
 for split in train val; do
   labels=$DATA_DIR/${split}_labels.csv
   [[ $split == val ]] && labels=$DATA_DIR/validation_labels.csv
   "$PYTHON" -m shards.pack --videos "$DATA_DIR/$split" --labels "$labels" --out "$WORK_DIR/shards/$split" \
-    --frames "$FRAMES" --size "$SIZE" --workers "$PACK_WORKERS"
+    "${PACK_ARGS[@]}" --workers "$PACK_WORKERS"
 done
 
 if [[ -n ${ACCELERATE_CONFIG:-} ]]; then

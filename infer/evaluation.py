@@ -238,9 +238,9 @@ def make_subset(data_dir: Path, meta: list[dict], split: str, exclude: set[str],
 def extraction_args(config: Path) -> list[str]:
     """The shards.pack flags that match the training config's extraction options (as scripts/demo.py does)."""
     from train.config import load_config
+    from train.data import pack_arguments
 
-    data = load_config(config).data
-    return ["--frames", str(data.frames), "--size", str(data.size)]
+    return pack_arguments(load_config(config))
 
 
 def run_generality(data_dir: Path, out_dir: Path, options: GeneralityOptions,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -60,43 +59,23 @@ def read_template(path: Path) -> list[str]:
 
 
 # --- extraction in worker processes -------------------------------------------------------------------------
-_worker_state: dict = {}
+def extracted(videos: list[Path], options, workers: int,
+              timeout: float = 300.0) -> Iterator[tuple[str, dict | None, str]]:
+    """(video_name, reader-format sample or None, failure reason) in input order.
 
+    The packing pool itself (``shards.pack.OrderedPool``: per-video try/except and time limit, survives a
+    worker killed by the OS) and the packed encoding round trip, so inference sees exactly what training saw.
+    """
+    from shards.format import decode, sample_key
+    from shards.pack import OrderedPool, Video
 
-def _init_worker(options) -> None:
-    import cv2
-
-    from shards.faces import FaceDetector
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-    _worker_state["options"] = options
-    _worker_state["detector"] = FaceDetector()
-
-
-def _extract(path: Path) -> tuple[str, dict | None, str]:
-    """(video_name, reader-format sample or None, failure reason). Never raises."""
-    from shards.extract import ExtractionError, extract
-    from shards.format import clip_to_sample
-
-    try:
-        clip = extract(path, _worker_state["options"], _worker_state["detector"])
-        return path.name, clip_to_sample(clip, label=None), ""
-    except ExtractionError as error:
-        return path.name, None, str(error)
-    except Exception as error:  # a crash on one video must never lose the others
-        return path.name, None, f"unexpected {type(error).__name__}: {error}"
-
-
-def extracted(videos: list[Path], options, workers: int) -> Iterator[tuple[str, dict | None, str]]:
-    """Extraction results in input order (``imap`` keeps order, so batches never depend on timing)."""
-    if workers <= 0:
-        _init_worker(options)
-        yield from map(_extract, videos)
-        return
-    context = mp.get_context("spawn")  # fork would copy the parent's torch/OpenMP threads
-    with context.Pool(workers, initializer=_init_worker, initargs=(options,)) as pool:
-        yield from pool.imap(_extract, videos, chunksize=1)
+    tasks = (Video(name=p.name, path=p, label=None, key=sample_key(p.name)) for p in videos)
+    for video, result in OrderedPool(options, workers, timeout).run(tasks):
+        if result["sample"] is None:
+            record = result["record"]
+            yield video.name, None, f"{record['reason']}: {record['detail']}"
+        else:
+            yield video.name, decode(result["sample"]), ""
 
 
 # --- the model ----------------------------------------------------------------------------------------------
@@ -140,7 +119,8 @@ def _mean_sigmoid(outputs: list[dict], key: str, i: int) -> float:
     return float(torch.stack([torch.sigmoid(o[key][i].float()) for o in outputs]).mean())
 
 
-def predict(videos: list[Path], predictor: Predictor, batch_size: int, workers: int) -> list[Prediction]:
+def predict(videos: list[Path], predictor: Predictor, batch_size: int, workers: int,
+            timeout: float = 300.0) -> list[Prediction]:
     predictions: list[Prediction] = []
     pending: list[tuple[Prediction, dict]] = []
 
@@ -151,7 +131,7 @@ def predict(videos: list[Path], predictor: Predictor, batch_size: int, workers: 
             prediction.visual_score = scores["visual_score"]
         pending.clear()
 
-    progress = tqdm(extracted(videos, predictor.extraction_options(), workers), total=len(videos),
+    progress = tqdm(extracted(videos, predictor.extraction_options(), workers, timeout), total=len(videos),
                     desc="predict", unit="video", file=sys.stderr)
     for name, sample, reason in progress:
         prediction = Prediction(video_name=name)
@@ -229,6 +209,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--template", type=Path, help="submission template: keep its rows and order")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="extraction processes (0: inline)")
+    parser.add_argument("--video-timeout", type=float, default=300.0,
+                        help="seconds one video may take to extract before it fails with a neutral score")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tta", action="store_true", help="average the scores of the clip and its mirror image")
     parser.add_argument("--explain", type=Path, metavar="OUTDIR", help="write explanation figures for videos")
@@ -251,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("checkpoint %s is unusable: %s", args.checkpoint, error)
         return EXIT_BAD_CHECKPOINT
     started = time.time()
-    predictions = predict(videos, predictor, args.batch_size, args.workers)
+    predictions = predict(videos, predictor, args.batch_size, args.workers, args.video_timeout)
     seconds = time.time() - started
     if args.template:
         predictions = order_by_template(predictions, read_template(args.template))

@@ -179,13 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=40, help="use the first N videos (sorted)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--margin", type=float, default=ExtractOptions().margin)
+    parser.add_argument("--max-clip-seconds", type=float, default=ExtractOptions().max_clip_seconds)
     parser.add_argument("--detect-stride", type=int, default=ExtractOptions().detect_stride)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     videos = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)[: args.limit]
     if not videos:
         parser.error(f"no videos in {args.videos}")
-    options = ExtractOptions(frames=args.frames, size=args.size, detect_stride=args.detect_stride)
+    options = ExtractOptions(frames=args.frames, size=args.size, margin=args.margin,
+                             max_clip_seconds=args.max_clip_seconds, detect_stride=args.detect_stride)
     workers = max(1, args.workers)
     decode = run_decode(videos, options, workers, audio=False)
     decode_audio = run_decode(videos, options, workers, audio=True)

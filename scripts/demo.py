@@ -34,9 +34,9 @@ def run(cmd: list[str], done_marker: Path | None = None) -> None:
 
 def extraction_args(config: str) -> list[str]:
     from train.config import load_config
+    from train.data import pack_arguments
 
-    data = load_config(ROOT / config).data
-    return ["--frames", str(data.frames), "--size", str(data.size)]
+    return pack_arguments(load_config(ROOT / config))
 
 
 def main(argv: list[str] | None = None) -> int:

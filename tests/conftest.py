@@ -42,9 +42,9 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 
 def tiny_extraction_args() -> list[str]:
     from train.config import load_config
+    from train.data import pack_arguments
 
-    data = load_config(TINY_CONFIG).data
-    return ["--frames", str(data.frames), "--size", str(data.size)]
+    return pack_arguments(load_config(TINY_CONFIG))
 
 
 @pytest.fixture(scope="session")

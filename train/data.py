@@ -128,6 +128,13 @@ def _reader():
     return reader
 
 
+def pack_arguments(cfg: Config) -> list[str]:
+    """The ``python -m shards.pack`` options that make shards this config can train on (and infer matches)."""
+    data = cfg.data
+    return ["--frames", str(data.frames), "--size", str(data.size), "--margin", str(data.margin),
+            "--max-clip-seconds", str(data.max_clip_seconds)]
+
+
 def shard_urls(directory: str | Path | None, what: str) -> list[str]:
     """The .tar shards of a folder (through shards.reader), or a clear error."""
     if directory is None:

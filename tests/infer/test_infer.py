@@ -1,0 +1,184 @@
+"""`python -m infer` end to end: complete, deterministic CSVs, every bad input scored, template merge."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "shards"))
+from media_factory import truncate, write_bytes, write_video  # noqa: E402
+
+
+def run_infer(videos: Path, checkpoint: Path, out: Path, *extra: str, env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "infer", "--videos", str(videos), "--checkpoint", str(checkpoint),
+                           "--out", str(out), "--workers", "2", *extra], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def test_submission(synthetic_dataset, tiny_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("infer") / "submission.csv"
+    result = run_infer(synthetic_dataset / "test", tiny_run / "best", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_submission_is_complete_and_well_formed(test_submission, synthetic_dataset):
+    lines = test_submission.read_text().splitlines()
+    assert lines[0] == "video_name,score"
+    expected = sorted(p.name for p in (synthetic_dataset / "test").glob("*.mp4"))
+    rows = [line.split(",") for line in lines[1:]]
+    assert [name for name, _ in rows] == expected  # every video, sorted, once
+    for _, score in rows:
+        assert len(score.split(".")[1]) == 6 and 0.0 <= float(score) <= 1.0
+
+
+def test_two_runs_are_byte_identical(test_submission, synthetic_dataset, tiny_run, tmp_path):
+    again = tmp_path / "again.csv"
+    assert run_infer(synthetic_dataset / "test", tiny_run / "best", again).returncode == 0
+    assert again.read_bytes() == test_submission.read_bytes()
+
+
+def test_trained_tiny_model_beats_chance_and_score_py_agrees_with_sklearn(test_submission, synthetic_dataset):
+    labels = {r["video_name"]: int(r["target"]) for r in read_rows(synthetic_dataset / "test_labels.csv")}
+    scores = {r["video_name"]: float(r["score"]) for r in read_rows(test_submission)}
+    names = sorted(labels)
+    auc = roc_auc_score([labels[n] for n in names], [scores[n] for n in names])
+    result = subprocess.run([sys.executable, "scripts/score.py", "--pred", str(test_submission), "--labels",
+                             str(synthetic_dataset / "test_labels.csv")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    scored = json.loads(result.stdout)
+    assert scored["auc"] == pytest.approx(auc, abs=1e-9)
+    assert scored["n"] == len(names)
+    assert auc > 0.5, f"tiny model at chance on the synthetic test split (AUC {auc:.3f})"
+
+
+def test_template_keeps_its_rows_and_order(synthetic_dataset, tiny_run, test_submission, tmp_path):
+    names = sorted(p.name for p in (synthetic_dataset / "test").glob("*.mp4"))
+    template_names = names[::-1][:5] + ["not_in_folder.mp4"]
+    template = tmp_path / "template.csv"
+    template.write_text("video_name,score\n" + "".join(f"{n},0\n" for n in template_names))
+    out = tmp_path / "merged.csv"
+    result = run_infer(synthetic_dataset / "test", tiny_run / "best", out, "--template", str(template))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_rows(out)
+    assert [r["video_name"] for r in rows] == template_names
+    full = {r["video_name"]: r["score"] for r in read_rows(test_submission)}
+    assert all(r["score"] == full[r["video_name"]] for r in rows[:-1])  # same scores as the full run
+    assert rows[-1]["score"] == "0.500000"
+    failures = read_rows(out.with_name("merged.failures.csv"))
+    assert [f["video_name"] for f in failures] == ["not_in_folder.mp4"]
+
+
+# name -> (status in details.csv, a fallback or reason that must be reported)
+BAD_INPUTS = {
+    "empty.mp4": ("failed", "empty_file"),
+    "truncated.mp4": ("failed", "unreadable"),
+    "random bytes.mp4": ("failed", "unreadable"),
+    "audio_only.mp4": ("failed", "no_video_stream"),
+    "no_audio.mp4": ("ok", "no_audio"),
+    "no_face.mp4": ("ok", "no_face"),
+    "short.mp4": ("ok", ""),  # 0.3 s
+    "uhd.mp4": ("ok", ""),  # 3840x2160
+    "portrait.mp4": ("ok", ""),
+    "long.mp4": ("ok", ""),  # 30 s
+    "with spaces é 日本.MP4": ("ok", ""),
+    "killer.mp4": ("failed", "worker_died"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("infer_bad")
+    d = root / "videos"
+    write_bytes(d / "empty.mp4", b"")
+    truncate(write_video(root / "source.mp4"), d / "truncated.mp4", 0.5)
+    write_bytes(d / "random bytes.mp4", np.random.default_rng(0).bytes(20000))
+    write_video(d / "audio_only.mp4", video=False, seconds=1.0)
+    write_video(d / "no_audio.mp4", audio=False)
+    write_video(d / "no_face.mp4", face=None)
+    write_video(d / "short.mp4", seconds=0.3)
+    write_video(d / "uhd.mp4", width=3840, height=2160, seconds=0.2, crf=40)
+    write_video(d / "portrait.mp4", width=240, height=320)
+    write_video(d / "long.mp4", seconds=30, fps=10, keyint=10, width=160, height=120, crf=40, sample_rate=16000)
+    write_video(d / "with spaces é 日本.MP4")
+    write_video(d / "killer.mp4")
+    (d / "notes.txt").write_text("not a video\n")
+    return d
+
+
+def test_bad_inputs_get_one_row_each_and_the_right_flags(bad_folder, tiny_run, tmp_path):
+    out = tmp_path / "bad.csv"
+    env = dict(os.environ, AVDF_PACK_FAULT="kill:killer")  # the shared pool's fault hook: this worker dies
+    result = run_infer(bad_folder, tiny_run / "best", out, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_rows(out)
+    assert [r["video_name"] for r in rows] == sorted(BAD_INPUTS)
+    details = {r["video_name"]: r for r in read_rows(out.with_name("bad.details.csv"))}
+    failures = {r["video_name"]: r["reason"] for r in read_rows(out.with_name("bad.failures.csv"))}
+    for name, (status, flag) in BAD_INPUTS.items():
+        row = details[name]
+        assert row["status"] == status, (name, row)
+        if status == "failed":
+            assert row["score"] == "0.500000" and failures[name].startswith(flag), (name, failures.get(name))
+        else:
+            assert 0.0 <= float(row["score"]) <= 1.0
+            if flag:
+                assert flag in row["fallbacks"].split(";"), (name, row)
+    assert set(failures) == {n for n, (s, _) in BAD_INPUTS.items() if s == "failed"}
+
+
+def test_no_video_and_bad_checkpoint_exit_nonzero_with_a_message(tiny_run, bad_folder, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_infer(empty, tiny_run / "best", tmp_path / "x.csv")
+    assert result.returncode == 2 and "no .mp4 video" in result.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text((tiny_run / "best" / "config.yaml").read_text())
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    result = run_infer(bad_folder, broken, tmp_path / "y.csv")
+    assert result.returncode == 3 and "unusable" in result.stderr
+    assert not (tmp_path / "y.csv").exists()
+
+
+def test_explain_writes_aligned_overlays_and_a_page(synthetic_dataset, tiny_run, tmp_path):
+    from infer.explain import overlay, saliency
+    from infer.predict import Predictor, extracted
+
+    predictor = Predictor(tiny_run / "best")
+    video = sorted((synthetic_dataset / "test").glob("*.mp4"))[0]
+    (_, sample, _), = extracted([video], predictor.extraction_options(), workers=0)
+    info = saliency(predictor, sample)
+    frames, heat = info["frames"], info["frame_saliency"]
+    assert heat.shape == frames.shape[:3]  # one heat value per face-crop pixel
+    assert heat.min() >= 0.0 and heat.max() <= 1.0 and heat.max() > 0.0
+    assert info["audio_saliency"].shape == info["audio"].shape
+    blended = overlay(frames[0], heat[0])
+    assert blended.shape == frames[0].shape and blended.dtype == np.uint8
+    with pytest.raises(ValueError):
+        overlay(frames[0], heat[0][:-1])
+
+    out = tmp_path / "sub.csv"
+    result = run_infer(synthetic_dataset / "test", tiny_run / "best", out, "--explain", str(tmp_path / "explain"),
+                       "--explain-videos", video.name)
+    assert result.returncode == 0, result.stderr[-2000:]
+    entries = json.loads((tmp_path / "explain" / "explain.json").read_text())
+    assert [e["video_name"] for e in entries] == [video.name]
+    for figure in entries[0]["figures"].values():
+        assert (tmp_path / "explain" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert video.name in (tmp_path / "explain" / "index.html").read_text()
