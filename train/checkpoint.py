@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from shards.assets import sha256
 from train.config import Config, ConfigError, dump_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,14 +70,6 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_best(directory: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config, info: dict) -> Path:
     """Write model.safetensors, config.yaml and info.json (last) into ``directory``."""
     directory = Path(directory)
@@ -86,7 +79,7 @@ def save_best(directory: str | Path, state_dict: dict[str, torch.Tensor], cfg: C
     (directory / INFO).unlink(missing_ok=True)  # a reader never pairs new weights with old info
     _atomic_write(directory / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"model": cfg.model.name}))
     _atomic_write(directory / CONFIG, lambda p: dump_config(cfg, p))
-    info = {"format": 1, "model": cfg.model.name, "weights_sha256": file_sha256(directory / WEIGHTS),
+    info = {"format": 1, "model": cfg.model.name, "weights_sha256": sha256(directory / WEIGHTS),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
     _atomic_write(directory / INFO, lambda p: p.write_text(json.dumps(info, indent=2, default=str)))
     return directory
@@ -117,7 +110,7 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu",
         except json.JSONDecodeError as error:
             raise ValueError(f"{info_path} is not valid JSON: {error}") from error
         expected = info.get("weights_sha256")
-        if expected and weights.name == WEIGHTS and file_sha256(weights) != expected:
+        if expected and weights.name == WEIGHTS and sha256(weights) != expected:
             raise ValueError(f"{weights} does not match the sha256 recorded in {info_path}: the file is corrupt or "
                              "was replaced; copy the checkpoint folder again")
     try:

@@ -1,6 +1,6 @@
 """scripts/make_synthetic_dataset.py: competition format, balance, determinism, no metadata shortcut, faces, sync.
 
-Most tests read the session's shared dataset (tests/conftest.py: 80 videos, seed 0, made by the real command);
+Most tests read the session's shared dataset (tests/conftest.py: 120 videos, seed 0, made by the real command);
 each file is decoded once per module (``decoded``).
 """
 
