@@ -533,7 +533,7 @@ class Report:
         stages = [("packing (`shards.pack`)", result.get("packing") or {})]
         stages += [(f"training ({run}, `train/main.py`)", {"source": "MLflow", **numbers})
                    for run, numbers in (result.get("training") or {}).items()]
-        stages.append(("inference (extraction + model)", result.get("inference") or {}))
+        stages.append(("inference (`scripts/bench_infer.py`: end to end vs decode alone)", result.get("inference") or {}))
         for stage, numbers in stages:
             values = {k: v for k, v in numbers.items() if isinstance(v, int | float) and not isinstance(v, bool)}
             rates = {k: v for k, v in values.items() if _is_rate(k)}
