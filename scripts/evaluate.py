@@ -27,7 +27,6 @@ import csv
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -204,33 +203,14 @@ def summarise_bench(data: dict) -> dict:
 
 
 def packing_speed(args: argparse.Namespace, layout: ev.DemoLayout) -> dict:
-    """scripts/bench_pack.py's JSON (given, cached in eval/, or run now on the first test videos); without that
-    script, `python -m shards.pack` timed on one core."""
+    """scripts/bench_pack.py's JSON (given, cached in eval/, or run now on the first test videos)."""
     cached = layout.eval / "bench_pack.json"
     found = _bench_file(args.bench_pack, cached)
     if found:
         return found
     videos = _speed_videos(layout, args.speed_videos, layout.eval / "speed" / "videos")
-    bench = ROOT / "scripts" / "bench_pack.py"
-    if bench.is_file():
-        cmd = [sys.executable, str(bench), "--videos", str(videos), "--workers", str(args.workers),
-               "--limit", str(args.speed_videos), *ev.extraction_args(args.config)]
-        log.info("$ %s", " ".join(cmd))
-        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr[-2000:]}")
-        cached.write_text(result.stdout)
-        return {"source": f"scripts/bench_pack.py ({cached})", **summarise_bench(json.loads(result.stdout))}
-    out = layout.eval / "speed" / "shards"
-    if out.exists():
-        shutil.rmtree(out)  # pack skips finished shards: an old output would time nothing
-    started = time.perf_counter()
-    ev.run_command([sys.executable, "-m", "shards.pack", "--videos", videos, "--out", out, "--workers", 1,
-                    *ev.extraction_args(args.config)], layout.eval / "speed" / "pack.log")
-    seconds = time.perf_counter() - started
-    n = len(list(videos.iterdir()))
-    return {"source": "timed `python -m shards.pack --workers 1` (process start and detector load included)",
-            "videos": n, "seconds": seconds, "videos_per_s_per_core": n / seconds}
+    return _run_bench("bench_pack.py", ["--videos", videos, "--workers", args.workers, "--limit", args.speed_videos,
+                                        *ev.extraction_args(args.config)], cached)
 
 
 def inference_speed(args: argparse.Namespace, layout: ev.DemoLayout) -> dict:
@@ -241,14 +221,19 @@ def inference_speed(args: argparse.Namespace, layout: ev.DemoLayout) -> dict:
     if found:
         return found
     videos = _speed_videos(layout, args.speed_videos, layout.eval / "speed" / "videos")
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench_infer.py"), "--videos", str(videos), "--checkpoint",
-           str(layout.run(args.model) / "best"), "--workers", str(args.workers), "--limit", str(args.speed_videos)]
+    return _run_bench("bench_infer.py", ["--videos", videos, "--checkpoint", layout.run(args.model) / "best",
+                                         "--workers", args.workers, "--limit", args.speed_videos], cached)
+
+
+def _run_bench(script: str, arguments: list, cached: Path) -> dict:
+    """Run a benchmark script, keep its JSON in ``cached`` and return its throughput numbers."""
+    cmd = [sys.executable, str(ROOT / "scripts" / script), *map(str, arguments)]
     log.info("$ %s", " ".join(cmd))
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stderr[-2000:]}")
     cached.write_text(result.stdout)
-    return {"source": f"scripts/bench_infer.py ({cached})", **summarise_bench(json.loads(result.stdout))}
+    return {"source": f"scripts/{script} ({cached})", **summarise_bench(json.loads(result.stdout))}
 
 
 def _speed_videos(layout: ev.DemoLayout, count: int, folder: Path) -> Path:
