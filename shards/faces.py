@@ -53,6 +53,7 @@ class FaceDetector:
 
         self._mp = mp
         self.max_side = max_side
+        self._first_call = True
         options = vision.FaceDetectorOptions(
             base_options=BaseOptions(model_asset_path=str(face_model_path())),
             min_detection_confidence=min_score,
@@ -76,9 +77,11 @@ class FaceDetector:
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         image = rgb if scale == 1.0 else _resize(rgb, int(round(width * scale)), int(round(height * scale)))
-        result = self._detector.detect(
-            self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
-        )
+        mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
+        # the first call logs a harmless memory-alignment warning per process; later calls are silent
+        with _silenced_stderr() if self._first_call else contextlib.nullcontext():
+            result = self._detector.detect(mp_image)
+        self._first_call = False
         faces = []
         for detection in result.detections:
             box = detection.bounding_box
@@ -92,7 +95,8 @@ class FaceDetector:
 
     def close(self) -> None:
         if self._detector is not None:
-            self._detector.close()
+            with _silenced_stderr():  # the runtime logs each accelerator it destroys
+                self._detector.close()
             self._detector = None
 
 
