@@ -28,11 +28,6 @@ def run(cmd: list, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def python() -> str:
-    return sys.executable
-
-
-@pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     run([sys.executable, "scripts/make_synthetic_dataset.py", "--out", out, "--videos", TEST_VIDEOS, "--seed", 0,
