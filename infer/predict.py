@@ -90,11 +90,9 @@ class Predictor:
         self.tta = tta
 
     def extraction_options(self):
-        from shards.extract import ExtractOptions
+        from train.data import extraction_options
 
-        data = self.cfg.data
-        return ExtractOptions(frames=data.frames, size=data.size, margin=data.margin,
-                              max_clip_seconds=data.max_clip_seconds)
+        return extraction_options(self.cfg)
 
     @torch.no_grad()
     def score(self, samples: list[dict]) -> list[dict[str, float | None]]:

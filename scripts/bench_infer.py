@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,16 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_pack import run_decode  # noqa: E402
 
+from infer.evaluation import machine_info  # noqa: E402
 from infer.predict import Predictor, find_videos, predict  # noqa: E402
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     decode_rate = len(videos) / decode["wall_s"]
     e2e_rate = len(videos) / e2e_seconds
     print(json.dumps({
-        "machine": machine(), "videos": len(videos), "workers": args.workers, "device": args.device,
+        "machine": machine_info(), "videos": len(videos), "workers": args.workers, "device": args.device,
         "model": predictor.cfg.model.name, "frames": options.frames, "size": options.size,
         "decode_videos_per_s": round(decode_rate, 3), "end_to_end_videos_per_s": round(e2e_rate, 3),
         "end_to_end_videos_per_s_per_core": round(e2e_rate / args.workers, 3),

@@ -128,11 +128,20 @@ def _reader():
     return reader
 
 
-def pack_arguments(cfg: Config) -> list[str]:
-    """The ``python -m shards.pack`` options that make shards this config can train on (and infer matches)."""
+def extraction_options(cfg: Config):
+    """The ``shards.extract.ExtractOptions`` of the config's data section (what inference extracts with)."""
+    from shards.extract import ExtractOptions
+
     data = cfg.data
-    return ["--frames", str(data.frames), "--size", str(data.size), "--margin", str(data.margin),
-            "--max-clip-seconds", str(data.max_clip_seconds)]
+    return ExtractOptions(frames=data.frames, size=data.size, margin=data.margin,
+                          max_clip_seconds=data.max_clip_seconds)
+
+
+def pack_arguments(cfg: Config) -> list[str]:
+    """The ``python -m shards.pack`` options that pack the same clips as ``extraction_options(cfg)``."""
+    options = extraction_options(cfg)
+    return ["--frames", str(options.frames), "--size", str(options.size), "--margin", str(options.margin),
+            "--max-clip-seconds", str(options.max_clip_seconds)]
 
 
 def shard_urls(directory: str | Path | None, what: str) -> list[str]:
