@@ -5,7 +5,8 @@
 # shards are skipped on a rerun), the run to WORK_DIR/run (MLflow store WORK_DIR/run/mlflow.db), and the best
 # checkpoint to WORK_DIR/run/best, where infer.sh looks first.
 # Environment: CONFIG (default configs/base.yaml), USE_DEEPSPEED=1 (ZeRO-2), NUM_GPUS (default: all visible),
-# PACK_WORKERS (default: all cores), ACCELERATE_CONFIG (overrides the automatic choice), RESUME=1.
+# PACK_WORKERS (default: all cores), ACCELERATE_CONFIG (overrides the automatic choice), RESUME=1,
+# DRY_RUN=1 (print the training command it would launch and exit).
 set -euo pipefail
 APP_DIR=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 cd "$APP_DIR"
@@ -32,15 +33,6 @@ print(f"[train.sh] python {platform.python_version()} torch {torch.__version__} 
 PY
 echo "[train.sh] data=$DATA_DIR work=$WORK_DIR config=$CONFIG gpus=$NUM_GPUS"
 
-# shards are packed with the extraction options of the config (inference reads them from the checkpoint)
-read -r -a PACK_ARGS < <("$PYTHON" -c "import sys; from train.config import load_config; from train.data import pack_arguments; print(' '.join(pack_arguments(load_config(sys.argv[1]))))" "$CONFIG")
-for split in train val; do
-  labels=$DATA_DIR/${split}_labels.csv
-  [[ $split == val ]] && labels=$DATA_DIR/validation_labels.csv
-  "$PYTHON" -m shards.pack --videos "$DATA_DIR/$split" --labels "$labels" --out "$WORK_DIR/shards/$split" \
-    "${PACK_ARGS[@]}" --workers "$PACK_WORKERS"
-done
-
 if [[ -n ${ACCELERATE_CONFIG:-} ]]; then
   LAUNCH=(--config_file "$ACCELERATE_CONFIG")
 elif [[ ${USE_DEEPSPEED:-0} == 1 ]]; then
@@ -52,11 +44,26 @@ elif (( NUM_GPUS == 1 )); then
 else
   LAUNCH=(--config_file configs/accelerate/cpu.yaml)
 fi
-echo "[train.sh] accelerate launch ${LAUNCH[*]}"
 RESUME_ARGS=()
 [[ ${RESUME:-0} == 1 ]] && RESUME_ARGS=(--resume)
+TRAIN_CMD=("$PYTHON" -m accelerate.commands.launch "${LAUNCH[@]}" train/main.py --config "$CONFIG"
+  --train-shards "$WORK_DIR/shards/train" --val-shards "$WORK_DIR/shards/val" --out "$WORK_DIR/run"
+  "${RESUME_ARGS[@]}" "$@")
+if [[ ${DRY_RUN:-0} == 1 ]]; then  # print the launch command and stop (tests fake NUM_GPUS with it)
+  echo "[train.sh] dry run: ${TRAIN_CMD[*]}"
+  exit 0
+fi
+
+# shards are packed with the extraction options of the config (inference reads them from the checkpoint)
+read -r -a PACK_ARGS < <("$PYTHON" -c "import sys; from train.config import load_config; from train.data import pack_arguments; print(' '.join(pack_arguments(load_config(sys.argv[1]))))" "$CONFIG")
+for split in train val; do
+  labels=$DATA_DIR/${split}_labels.csv
+  [[ $split == val ]] && labels=$DATA_DIR/validation_labels.csv
+  "$PYTHON" -m shards.pack --videos "$DATA_DIR/$split" --labels "$labels" --out "$WORK_DIR/shards/$split" \
+    "${PACK_ARGS[@]}" --workers "$PACK_WORKERS"
+done
+
+echo "[train.sh] accelerate launch ${LAUNCH[*]}"
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$WORK_DIR/run/mlflow.db}
-"$PYTHON" -m accelerate.commands.launch "${LAUNCH[@]}" train/main.py --config "$CONFIG" \
-  --train-shards "$WORK_DIR/shards/train" --val-shards "$WORK_DIR/shards/val" --out "$WORK_DIR/run" \
-  "${RESUME_ARGS[@]}" "$@"
+"${TRAIN_CMD[@]}"
 echo "[train.sh] best checkpoint: $WORK_DIR/run/best"
