@@ -2,7 +2,11 @@
 
 Every video gets a row: a failed extraction scores ``NEUTRAL_SCORE`` and is listed in ``<out>.failures.csv``
 with its reason; no face -> the model's audio-only path, no audio -> the visual-only path (both flagged in
-``<out>.details.csv``). Extraction is the shards code (``shards.extract``), run in worker processes; the
+``<out>.details.csv``). Nothing fails silently: the face detector must find the face in a known portrait
+before any video is read (exit 5 naming the missing piece otherwise), and when more than
+``--max-failed-fraction`` of the videos fail the CSV is still written but the exit code is 4, with the most
+common reasons and their counts on stderr. Exit codes: 0 ok, 2 no videos, 3 unusable checkpoint, 4 too many
+failed videos, 5 face detector unusable. Extraction is the shards code (``shards.extract``), run in worker processes; the
 model sees batches in sorted-name order whatever the worker timing, so two runs give byte-identical CSVs.
 """
 
@@ -14,6 +18,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +29,9 @@ from tqdm import tqdm
 NEUTRAL_SCORE = 0.5
 EXIT_NO_VIDEOS = 2
 EXIT_BAD_CHECKPOINT = 3
+EXIT_TOO_MANY_FAILED = 4
+EXIT_NO_DETECTOR = 5
+DEFAULT_MAX_FAILED_FRACTION = 0.1
 log = logging.getLogger("infer")
 
 
@@ -210,11 +218,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--video-timeout", type=float, default=300.0,
                         help="seconds one video may take to extract before it fails with a neutral score")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--max-failed-fraction", type=float, default=DEFAULT_MAX_FAILED_FRACTION,
+                        help="exit 4 (after writing the CSV) when more than this share of the videos fail "
+                             f"(default {DEFAULT_MAX_FAILED_FRACTION}; 1 never)")
     parser.add_argument("--tta", action="store_true", help="average the scores of the clip and its mirror image")
     parser.add_argument("--explain", type=Path, metavar="OUTDIR", help="write explanation figures for videos")
     parser.add_argument("--explain-videos", nargs="*", default=None,
                         help="video names to explain (default: the 4 highest- and lowest-scoring)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.max_failed_fraction <= 1.0:
+        parser.error("--max-failed-fraction must be between 0 and 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     if not videos:
         log.error("no .mp4 video in %s: nothing to predict", args.videos)
         return EXIT_NO_VIDEOS
+    try:
+        from shards.faces import self_check
+
+        self_check()
+    except Exception as error:  # noqa: BLE001 - whatever breaks the detector, say so and stop
+        log.error("face detector unusable, no video can be scored: %s", error)
+        return EXIT_NO_DETECTOR
     try:
         predictor = Predictor(args.checkpoint, device=args.device, tta=args.tta)
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as error:
@@ -246,4 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%d videos: %d ok (%d with fallbacks), %d failed -> score %.1f; %.2f videos/s; wrote %s (%s, %s)",
              len(predictions), len(predictions) - n_failed, n_fallback, n_failed, NEUTRAL_SCORE,
              len(videos) / max(seconds, 1e-9), args.out, details.name, failures.name)
+    if n_failed > args.max_failed_fraction * len(predictions):
+        reasons = Counter(p.reason.split(":", 1)[0] for p in predictions if p.status == "failed")
+        log.error("%d of %d videos failed (more than --max-failed-fraction %g); most common reasons: %s; see %s",
+                  n_failed, len(predictions), args.max_failed_fraction,
+                  ", ".join(f"{reason} x{count}" for reason, count in reasons.most_common(5)), failures)
+        return EXIT_TOO_MANY_FAILED
     return 0

@@ -122,11 +122,10 @@ def quiet_stderr() -> Iterator[None]:
 
 def load_context():
     """Face-source keypoints (one detection per source photo) and the speech recordings; asset errors exit."""
-    from synth.faces import detect_sources
-    from synth.render import Context
-
     from shards.assets import asset_path, speech_files
     from shards.faces import FaceDetector
+    from synth.faces import detect_sources
+    from synth.render import Context
 
     try:
         speech = speech_files()

@@ -12,12 +12,19 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from shards.assets import face_model_path
 
 _FORKED_HANDLES: list = []  # detectors inherited through fork: never closed or freed in the child
+# MediaPipe's TFLite runtime opens these system libraries when the detector is created (Debian packages).
+SYSTEM_LIBRARIES = {"libEGL.so.1": "libegl1", "libGLESv2.so.2": "libgles2"}
+
+
+class DetectorUnavailable(RuntimeError):
+    """The face detector cannot run in this environment; the message names the missing piece and the fix."""
 
 
 @dataclass(frozen=True)
@@ -199,3 +206,51 @@ def crop_square(rgb: np.ndarray, box: tuple[int, int, int, int], size: int) -> n
         canvas[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
     interpolation = cv2.INTER_AREA if canvas.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(canvas, (size, size), interpolation=interpolation)
+
+
+def reference_image() -> np.ndarray:
+    """A known portrait (Grace Hopper, public domain) that ships inside matplotlib: RGB uint8."""
+    import importlib.util
+
+    import cv2
+
+    spec = importlib.util.find_spec("matplotlib")  # located, not imported (importing builds a font cache)
+    package = Path(spec.origin).parent if spec and spec.origin else Path("matplotlib-not-installed")
+    path = package / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+    bgr = cv2.imread(str(path))
+    if bgr is None:
+        raise DetectorUnavailable(f"the reference image {path} is missing or unreadable (matplotlib's sample data)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def self_check() -> Face:
+    """Load the detector and find the face in ``reference_image()``; raise DetectorUnavailable naming the cause.
+
+    Run once at start-up by the commands that extract faces, so a broken install (a missing system library, a
+    corrupt model file) stops the run with one clear message instead of failing every video."""
+    try:
+        detector = FaceDetector()
+    except FileNotFoundError as error:
+        raise DetectorUnavailable(f"face detector model missing: {error}") from error
+    except (OSError, RuntimeError, ImportError) as error:
+        raise DetectorUnavailable(_describe_load_error(error)) from error
+    try:
+        faces = detector.detect(reference_image())
+    finally:
+        detector.close()
+    if not faces:
+        raise DetectorUnavailable(f"the face detector ({face_model_path()}) loaded but found no face in the "
+                                  "reference portrait; the model file is wrong or corrupt: rerun "
+                                  "scripts/setup_assets.py")
+    return faces[0]
+
+
+def _describe_load_error(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    missing = [lib for lib in SYSTEM_LIBRARIES if lib in text]
+    if missing:
+        packages = " ".join(SYSTEM_LIBRARIES[lib] for lib in missing)
+        return (f"the face detector (MediaPipe) cannot load the system library {', '.join(missing)} ({text}); "
+                f"install the Debian packages {' '.join(SYSTEM_LIBRARIES.values())} "
+                f"(apt-get install {packages}), or use the project's Docker image")
+    return f"the face detector (MediaPipe) failed to start: {text}"

@@ -26,8 +26,11 @@ options. The default count comes from ``--shard-max-mb`` and ``estimate_sample_b
 Robustness: every video is extracted in a worker process (one FaceDetector each, 1 thread each) under a
 per-video try/except and time limit; a worker killed by the OS breaks the pool, which is restarted and the
 videos it was running are retried one at a time, so only the video that kills a worker twice fails
-(``worker_died``). A run exits 0 when anything was packed, 1 when inputs exist but nothing was packed, 2 on
-usage or label errors.
+(``worker_died``). Before any video is read, the face detector must find the face in a known portrait
+(``shards.faces.self_check``), so a broken install stops the run with one message naming the missing piece
+(exit 5) instead of failing every video. A run exits 0 when at most ``--max-failed-fraction`` of the inputs
+failed (the shards and manifest are written either way), 1 when more failed or nothing was packed (stderr
+names the most common reasons with counts), 2 on usage or label errors, 5 when the detector is unusable.
 
 Resume: tars and stats are written under temporary names and renamed when complete; a shard is done when its
 tar and ``_stats.json`` exist. Rerunning the same command skips done shards and redoes the others (stale
@@ -88,8 +91,10 @@ DEFAULT_SHARD_MB = 256.0
 JPEG_BYTES_PER_PIXEL = 0.35
 TAR_MEMBER_OVERHEAD = 1024  # header + padding per member
 TAR_MTIME = 1_700_000_000  # fixed member time: identical inputs give byte-identical tars
-EXIT_NOTHING_PACKED = 1
+EXIT_TOO_MANY_FAILED = 1  # also when nothing at all could be packed
 EXIT_USAGE = 2
+EXIT_NO_DETECTOR = 5
+DEFAULT_MAX_FAILED_FRACTION = 0.1
 
 
 class InputError(Exception):
@@ -128,6 +133,7 @@ class PackConfig:
     meta: Path | None = None
     meta_columns: tuple[str, ...] = ("category", "method")
     video_timeout: float = 300.0
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION
     prefix: str = "shard"
     progress: bool = True
 
@@ -572,6 +578,10 @@ def pack(config: PackConfig) -> dict:
 
     finished = {p.index: s for p in plans if (s := shard_done(config.out, p)) is not None}
     todo = [p for p in plans if p.index not in finished]
+    if todo:
+        from shards.faces import self_check
+
+        self_check()
     total = sum(len(p.videos) for p in plans)
     already = sum(len(p.videos) for p in plans if p.index in finished)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the spawned workers
@@ -651,12 +661,16 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
     p.add_argument("--part", type=int, default=0, help="which part this run packs (0-based)")
     p.add_argument("--allow-unlabeled", action="store_true", help="pack videos missing from --labels (label null)")
     p.add_argument("--allow-missing-videos", action="store_true",
-                   help="record labelled videos missing from --videos as failed instead of stopping")
+                   help="record labelled videos missing from --videos as failed (missing_file) instead of "
+                        "stopping; they do not count against --max-failed-fraction")
     p.add_argument("--meta", type=Path, default=None,
                    help="CSV with video_name + --meta-columns (e.g. the dataset's meta.csv): copied into each json")
     p.add_argument("--meta-columns", default="category,method",
                    help="comma-separated --meta columns to copy (default: category,method)")
     p.add_argument("--video-timeout", type=float, default=300.0, help="seconds per video before it fails (0: none)")
+    p.add_argument("--max-failed-fraction", type=float, default=DEFAULT_MAX_FAILED_FRACTION,
+                   help="exit 1 (after writing everything) when more than this share of the inputs fail "
+                        f"(default {DEFAULT_MAX_FAILED_FRACTION}; 1 only when nothing is packed)")
     p.add_argument("--prefix", default="shard", help="shard name prefix")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -664,6 +678,8 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
         p.error("--shard-max-count must be >= 1")
     if a.num_parts < 1:
         p.error("--num-parts must be >= 1")
+    if not 0.0 <= a.max_failed_fraction <= 1.0:
+        p.error("--max-failed-fraction must be between 0 and 1")
     if not a.prefix or "/" in a.prefix or "." in a.prefix:
         p.error("--prefix must be a plain name without '/' or '.'")
     try:
@@ -676,17 +692,23 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
                       shard_max_mb=a.shard_max_mb, num_parts=a.num_parts, part=a.part, workers=max(0, a.workers),
                       allow_unlabeled=a.allow_unlabeled, allow_missing_videos=a.allow_missing_videos,
                       meta=a.meta, meta_columns=tuple(c.strip() for c in a.meta_columns.split(",") if c.strip()),
-                      video_timeout=a.video_timeout, prefix=a.prefix, progress=not a.no_progress)
+                      video_timeout=a.video_timeout, max_failed_fraction=a.max_failed_fraction, prefix=a.prefix,
+                      progress=not a.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     started = time.time()
+    from shards.faces import DetectorUnavailable
+
     try:
         manifest = pack(config)
     except (InputError, MergeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except DetectorUnavailable as error:
+        print(f"error: face detector unusable, no video can be packed: {error}", file=sys.stderr)
+        return EXIT_NO_DETECTOR
     summary = manifest["summary"]
     report = {"out": str(config.out), "part": config.part, "num_parts": config.num_parts,
               "shards": sum(1 for s in manifest["shards"] if s["count"]), **summary,
@@ -700,10 +722,17 @@ def main(argv: list[str] | None = None) -> int:
     if len(failed) > 20:
         print(f"... and {len(failed) - 20} more failures: see {part_manifest_path(config.out, config.part, config.num_parts)}",
               file=sys.stderr)
+    reasons = ", ".join(f"{reason} x{count}" for reason, count in
+                        sorted(summary["failures_by_reason"].items(), key=lambda kv: -kv[1])[:5])
     if summary["inputs"] and not summary["packed"]:
-        print(f"error: none of the {summary['inputs']} videos could be packed (reasons: "
-              f"{summary['failures_by_reason']})", file=sys.stderr)
-        return EXIT_NOTHING_PACKED
+        print(f"error: none of the {summary['inputs']} videos could be packed; reasons: {reasons}", file=sys.stderr)
+        return EXIT_TOO_MANY_FAILED
+    # videos missing under --allow-missing-videos were accepted up front: they do not count against the fraction
+    counted = [v for v in failed if not (config.allow_missing_videos and v["reason"] == "missing_file")]
+    if len(counted) > config.max_failed_fraction * summary["inputs"]:
+        print(f"error: {len(counted)} of {summary['inputs']} videos failed (more than --max-failed-fraction "
+              f"{config.max_failed_fraction:g}); most common reasons: {reasons}", file=sys.stderr)
+        return EXIT_TOO_MANY_FAILED
     return 0
 
 

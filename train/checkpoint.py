@@ -64,9 +64,13 @@ def version_tag(version: dict) -> str:
 
 
 # --- best checkpoint -----------------------------------------------------------------------------------------
+FILE_MODE, DIR_MODE = 0o644, 0o755  # readable by other users: a container's user loads what the host wrote
+
+
 def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    os.chmod(tmp, FILE_MODE)  # safetensors writes its file with mode 0600
     os.replace(tmp, path)
 
 
@@ -74,6 +78,7 @@ def save_best(directory: str | Path, state_dict: dict[str, torch.Tensor], cfg: C
     """Write model.safetensors, config.yaml and info.json (last) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, DIR_MODE)
     tensors = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in state_dict.items()}
     (directory / INFO).unlink(missing_ok=True)  # a reader never pairs new weights with old info

@@ -175,9 +175,8 @@ def test_planned_nuisance_is_independent_of_the_label() -> None:
     """The same check on 3000 planned videos (no rendering): far more power, threshold 0.56 = 0.5 + 5 sd."""
     sys.path[:0] = [str(ROOT / "scripts")]
     try:
-        from synth.plan import plan_dataset, speech_catalog
-
         from shards.assets import speech_files
+        from synth.plan import plan_dataset, speech_catalog
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     specs = plan_dataset(7, 3000, speech_catalog(speech_files()), list(range(100)))

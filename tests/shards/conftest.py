@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from media_factory import write_video  # noqa: E402
+from scripts.synth.media_factory import write_video
 
 PACK_OPTIONS = ["--frames", "4", "--size", "64", "--no-progress"]  # small and fast; shard size given per test
 # name -> (label, write_video arguments): variety in fps, audio format and face without being slow to make

@@ -8,68 +8,25 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PACK_OPTIONS, run_pack
-from media_factory import truncate, write_bytes, write_video
 
+from scripts.synth.bad_inputs import BAD_INPUTS as EXPECTED
+from scripts.synth.bad_inputs import FAULT_ENV, NOT_AN_INPUT, write_bad_inputs
+from scripts.synth.media_factory import write_bytes, write_video
 from shards.merge import read_json
 from shards.reader import list_shards, make_dataset
+from tests.shards.conftest import PACK_OPTIONS, run_pack
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# name -> (status, reason or fallbacks that must be listed)
-EXPECTED = {
-    "empty.mp4": ("failed", "empty_file"),
-    "truncated.mp4": ("failed", "unreadable"),  # moov atom at the end: cut off
-    "truncated_faststart.mp4": ("packed_with_fallback", ["truncated"]),  # index first: the first part is usable
-    "notes.mp4": ("failed", "unreadable"),  # text with a video name
-    "noise.mov": ("failed", "unreadable"),  # random bytes
-    "audio_only.mp4": ("failed", "no_video_stream"),
-    "silent.mp4": ("packed_with_fallback", ["no_audio"]),
-    "no_face.mp4": ("packed_with_fallback", ["no_face"]),
-    "short.mp4": ("packed", []),  # 0.3 s
-    "three_frames.mp4": ("packed_with_fallback", ["repeated_frames"]),  # 0.12 s: fewer frames than T
-    "uhd.mp4": ("packed", []),  # 3840x2160
-    "portrait.mp4": ("packed", []),
-    "long.mp4": ("packed", []),  # 30 s, keyframe every second
-    "two faces.mp4": ("packed", []),
-    "with spaces (1).mp4": ("packed", []),
-    "vidéo_日本語.mp4": ("packed", []),
-    "dotted.name.mp4": ("packed", []),
-    "killer.mp4": ("failed", "worker_died"),  # its worker is killed (AVDF_PACK_FAULT), also when retried alone
-}
-
-
 @pytest.fixture(scope="module")
 def bad_folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("bad_inputs")
-    d = root / "videos"
-    write_bytes(d / "empty.mp4", b"")
-    source = write_video(root / "source.mp4", seconds=2.0)
-    truncate(source, d / "truncated.mp4", 0.5)
-    truncate(write_video(root / "fast.mp4", seconds=2.0, faststart=True), d / "truncated_faststart.mp4", 0.5)
-    write_bytes(d / "notes.mp4", b"these are my notes, not a video\n" * 40)
-    write_bytes(d / "noise.mov", os.urandom(20000))
-    write_video(d / "audio_only.mp4", video=False, seconds=1.0)
-    write_video(d / "silent.mp4", audio=False)
-    write_video(d / "no_face.mp4", face=None)
-    write_video(d / "short.mp4", seconds=0.3)
-    write_video(d / "three_frames.mp4", seconds=0.12)
-    write_video(d / "uhd.mp4", width=3840, height=2160, seconds=0.2, crf=40)
-    write_video(d / "portrait.mp4", width=240, height=320)
-    write_video(d / "long.mp4", seconds=30, fps=10, keyint=10, width=160, height=120, crf=40, sample_rate=16000)
-    write_video(d / "two faces.mp4", faces=2, width=480, height=270)
-    write_video(d / "with spaces (1).mp4")
-    write_video(d / "vidéo_日本語.mp4")
-    write_video(d / "dotted.name.mp4")
-    write_video(d / "killer.mp4")
-    (d / "README.txt").write_text("not an input\n")
-    return d
+    return write_bad_inputs(tmp_path_factory.mktemp("bad_inputs") / "videos")
 
 
 @pytest.fixture(scope="module")
 def bad_packed(bad_folder, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("bad_out")
-    env = dict(os.environ, AVDF_PACK_FAULT="kill:killer")
+    env = dict(os.environ, **FAULT_ENV)
     result = subprocess.run([sys.executable, "-m", "shards.pack", "--videos", str(bad_folder), "--out", str(out),
                              "--workers", "2", "--shard-max-count", "5", *PACK_OPTIONS],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -78,7 +35,9 @@ def bad_packed(bad_folder, tmp_path_factory) -> tuple[Path, subprocess.Completed
 
 def test_every_bad_input_has_its_outcome(bad_packed):
     out, result = bad_packed
-    assert result.returncode == 0, result.stderr[-3000:]
+    # 7 of 18 inputs fail, more than the default --max-failed-fraction (0.1): everything is written, exit 1
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "7 of 18 videos failed" in result.stderr and "unreadable x4" in result.stderr
     manifest = read_json(out / "manifest.json")
     outcomes = {v["video_name"]: v for v in manifest["videos"]}
     assert set(outcomes) == set(EXPECTED)
@@ -90,9 +49,9 @@ def test_every_bad_input_has_its_outcome(bad_packed):
             assert got["shard"] is None
         else:
             assert got["fallbacks"] == expected, (name, got)
-    assert manifest["ignored_files"] == ["README.txt"]
+    assert manifest["ignored_files"] == [NOT_AN_INPUT]
     assert "killer.mp4: worker_died" in result.stderr
-    assert manifest["summary"]["failures_by_reason"] == {"empty_file": 1, "no_video_stream": 1, "unreadable": 3,
+    assert manifest["summary"]["failures_by_reason"] == {"empty_file": 1, "no_video_stream": 1, "unreadable": 4,
                                                          "worker_died": 1}
 
 
@@ -125,14 +84,15 @@ def test_crash_and_timeout_become_failures(tmp_path, monkeypatch, capsys):
     write_video(d / "ok.mp4", seconds=0.5)
     write_video(d / "crashes.mp4", seconds=0.5)
     monkeypatch.setenv("AVDF_PACK_FAULT", "raise:crashes")
-    assert run_pack("--videos", d, "--out", tmp_path / "a", "--workers", 0, *PACK_OPTIONS) == 0
+    assert run_pack("--videos", d, "--out", tmp_path / "a", "--workers", 0, "--max-failed-fraction", 0.5,
+                    *PACK_OPTIONS) == 0
     outcome = {v["video_name"]: v for v in read_json(tmp_path / "a" / "manifest.json")["videos"]}
     assert outcome["crashes.mp4"]["reason"] == "crash" and "injected fault" in outcome["crashes.mp4"]["detail"]
     assert outcome["ok.mp4"]["status"] == "packed"
 
     monkeypatch.setenv("AVDF_PACK_FAULT", "sleep:crashes")
     assert run_pack("--videos", d, "--out", tmp_path / "b", "--workers", 0, "--video-timeout", "1",
-                    *PACK_OPTIONS) == 0
+                    "--max-failed-fraction", 0.5, *PACK_OPTIONS) == 0
     outcome = {v["video_name"]: v for v in read_json(tmp_path / "b" / "manifest.json")["videos"]}
     assert outcome["crashes.mp4"]["reason"] == "timeout" and outcome["ok.mp4"]["status"] == "packed"
 

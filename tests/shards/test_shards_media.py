@@ -5,8 +5,8 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-from media_factory import write_video
 
+from scripts.synth.media_factory import write_video
 from shards import media
 from shards.extract import clip_span, frame_times
 

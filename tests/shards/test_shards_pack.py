@@ -8,7 +8,6 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from conftest import GOOD_VIDEOS, PACK_OPTIONS, run_pack
 
 from shards.extract import ExtractOptions, extract
 from shards.faces import FaceDetector
@@ -16,6 +15,7 @@ from shards.format import clip_to_sample
 from shards.merge import read_json
 from shards.pack import estimate_sample_bytes
 from shards.reader import list_shards, make_dataset
+from tests.shards.conftest import GOOD_VIDEOS, PACK_OPTIONS, run_pack
 
 
 def samples_by_name(out) -> dict[str, dict]:

@@ -6,10 +6,10 @@ import itertools
 from collections import Counter
 
 import pytest
-from conftest import GOOD_VIDEOS
 from torch.utils.data import DataLoader
 
 from shards.reader import class_counts, list_shards, make_dataset
+from tests.shards.conftest import GOOD_VIDEOS
 
 
 def keys_seen(out, world_size: int, workers: int, **kwargs) -> list[str]:

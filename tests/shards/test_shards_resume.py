@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GOOD_VIDEOS, PACK_OPTIONS, run_pack
 
 from shards.merge import merge, read_json
 from shards.reader import list_shards, make_dataset
+from tests.shards.conftest import GOOD_VIDEOS, PACK_OPTIONS, run_pack
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Small H.264 + AAC test videos written with PyAV, for the shards tests (and anyone who needs a quick clip).
+"""Small H.264 + AAC test videos written with PyAV, for the tests and checks (and anyone who needs a quick clip).
 
 ``write_video(path, ...)`` renders a face photo from the asset cache (or no face) drifting slowly over a
 textured background, with a tone that changes pitch each half second as audio. Every knob a bad-input case
