@@ -8,7 +8,7 @@ DEMO_DIR ?= runs/demo
 MLFLOW_PORT ?= 5000
 export PYTHONHASHSEED := 0
 
-.PHONY: install demo test lint report mlflow-ui clean
+.PHONY: install demo test lint report mlflow-ui docker-check clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ lint: install
 
 report: install
 	$(PY) scripts/make_report.py --runs $(DEMO_DIR) --out report $(REPORT_ARGS)
+
+# Builds the image and runs train.sh / infer.sh in it as the organizers do (needs root or a running Docker daemon).
+docker-check: install
+	$(PY) -m scripts.docker_check $(DOCKER_CHECK_ARGS)
 
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(DEMO_DIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)

@@ -1,24 +1,37 @@
 #!/usr/bin/env bash
 # Installs the project into the Python given as $1 (a venv's python). Used by the Makefile and the Dockerfile,
 # so both install exactly the versions pinned in pyproject.toml.
-#   scripts/install.sh PYTHON [--editable] [--models-only]
+#   scripts/install.sh PYTHON [--editable] [--deps-only] [--models-only]
+#     --editable     the project in editable mode, with the dev tools (make install)
+#     --deps-only    pyproject's dependencies but not the project itself (the Docker image's cached layer;
+#                    the code is added later, so a code change does not reinstall the stack)
+#     --models-only  of the assets, only the face-detector model (no media for the synthetic dataset)
 set -euo pipefail
 PY=$1; shift
-EDITABLE=0; ASSET_ARGS=()
+MODE=regular; ASSET_ARGS=()
 for arg in "$@"; do
   case $arg in
-    --editable) EDITABLE=1 ;;
+    --editable) MODE=editable ;;
+    --deps-only) MODE=deps ;;
     --models-only) ASSET_ARGS+=(--models-only) ;;
     *) echo "install.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 "$PY" -m pip install -q --upgrade pip
-if [[ $EDITABLE == 1 ]]; then
-  "$PY" -m pip install -q -e "$ROOT[dev]"
-else
-  "$PY" -m pip install -q "$ROOT"
-fi
+case $MODE in
+  editable) "$PY" -m pip install -q -e "$ROOT[dev]" ;;
+  regular) "$PY" -m pip install -q "$ROOT" ;;
+  deps)
+    REQUIREMENTS=$(mktemp)
+    "$PY" - "$ROOT/pyproject.toml" >"$REQUIREMENTS" <<'PY'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))
+print("\n".join(project["project"]["dependencies"] + project["build-system"]["requires"]))
+PY
+    "$PY" -m pip install -q -r "$REQUIREMENTS"
+    rm -f "$REQUIREMENTS" ;;
+esac
 # mediapipe's metadata pulls a second OpenCV, matplotlib and sounddevice; its real needs are in pyproject.
 "$PY" -m pip install -q --no-deps mediapipe==1.2.2
 "$PY" "$ROOT/scripts/setup_assets.py" "${ASSET_ARGS[@]}"
