@@ -43,6 +43,9 @@ def _backbone(name: str, pretrained: str | None, drop_path: float, **kwargs) -> 
 
 
 class AVTransformer(nn.Module):
+    # DeepSpeed (data_types.keep_in_fp32_modules "auto") keeps these buffers in float32 under bf16.
+    _keep_in_fp32_modules_strict = ["pixel_mean", "pixel_std"]
+
     def __init__(self, cfg: Config):
         super().__init__()
         m = cfg.model

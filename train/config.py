@@ -121,6 +121,9 @@ class TrainConfig:
     stop_after_steps: int = 0  # stop (after saving the state) at this global step; 0: run all epochs
     log_every_steps: int = 10
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: the launcher's, else bf16 on GPU
+    tf32: bool = True  # CUDA: TF32 tensor cores for the matmuls and convolutions that stay in float32
+    compile: bool = False  # torch.compile the model in place (nn.Module.compile: checkpoints keep their keys)
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": tracing without code generation)
 
 
 @dataclass

@@ -15,6 +15,9 @@ class LogMel(nn.Module):
 
     The STFT runs in float32 even under autocast or a bf16 model (DeepSpeed casts whole models)."""
 
+    # DeepSpeed (data_types.keep_in_fp32_modules "auto") keeps these buffers in float32 under bf16.
+    _keep_in_fp32_modules_strict = ["mel.spectrogram.window", "mel.mel_scale.fb"]
+
     def __init__(self, n_mels: int, n_fft: int, hop_length: int, sample_rate: int = AUDIO_SAMPLE_RATE):
         super().__init__()
         self.mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,

@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 # --- pieces ---------------------------------------------------------------------------------------------------
 def make_accelerator(cfg: Config):
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     precision = cfg.train.mixed_precision
     if precision == "auto":
@@ -70,9 +71,12 @@ def make_accelerator(cfg: Config):
                                            else "no")
     # Without cpu=True, torchrun/accelerate start independent single-process runs on a CPU-only machine (DDP
     # needs it); DeepSpeed must not get it, or accelerate silently falls back to plain CPU data parallelism.
+    # DeepSpeed on the CPU needs the gloo backend named, else accelerate sees one process while DeepSpeed sees two.
+    cuda = torch.cuda.is_available()
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    accelerator = Accelerator(cpu=not torch.cuda.is_available() and not deepspeed, mixed_precision=precision,
-                              gradient_accumulation_steps=cfg.train.grad_accum)
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if deepspeed and not cuda else []
+    accelerator = Accelerator(cpu=not cuda and not deepspeed, mixed_precision=precision,
+                              gradient_accumulation_steps=cfg.train.grad_accum, kwargs_handlers=handlers)
     plugin = accelerator.state.deepspeed_plugin
     if plugin is not None:  # our loader is not a prepared DataLoader: DeepSpeed cannot infer these
         ds = plugin.deepspeed_config
@@ -81,6 +85,10 @@ def make_accelerator(cfg: Config):
         ds["train_batch_size"] = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
         if ds.get("gradient_clipping", "auto") == "auto":
             ds["gradient_clipping"] = cfg.train.grad_clip
+        if accelerator.mixed_precision == "bf16":
+            # DeepSpeed casts parameters only; BatchNorm's running statistics must follow its bf16 weights. The
+            # buffers a model lists in _keep_in_fp32_modules_strict (the STFT, pixel statistics) stay float32.
+            ds.setdefault("data_types", {}).setdefault("buffer_dtype", "bf16")
     return accelerator
 
 
@@ -91,8 +99,14 @@ def setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def optimizer_kernel(device: torch.device) -> dict:
+    """Adam(W) implementation options: on CUDA the fused kernel (one launch per step, and its step counter stays
+    on the GPU, so the step never waits for the host); elsewhere torch's default."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """Weight decay on matrices only; pretrained encoders at lr * backbone_lr_scale."""
+    """Weight decay on matrices only; pretrained encoders at lr * backbone_lr_scale; fused on CUDA."""
     t = cfg.train
     backbone = {id(p) for p in getattr(model, "backbone_parameters", list)()}
     groups: dict[tuple[bool, bool], list] = {}
@@ -102,9 +116,10 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
     param_groups = [{"params": ps, "lr": t.lr * (t.backbone_lr_scale if is_backbone else 1.0),
                      "weight_decay": t.weight_decay if decay else 0.0}
                     for (is_backbone, decay), ps in sorted(groups.items())]
+    kernel = optimizer_kernel(next(model.parameters()).device)
     if t.optimizer == "adam":
-        return torch.optim.Adam(param_groups, lr=t.lr, betas=tuple(t.betas))
-    return torch.optim.AdamW(param_groups, lr=t.lr, betas=tuple(t.betas))
+        return torch.optim.Adam(param_groups, lr=t.lr, betas=tuple(t.betas), **kernel)
+    return torch.optim.AdamW(param_groups, lr=t.lr, betas=tuple(t.betas), **kernel)
 
 
 def lr_factor(cfg: Config, steps_per_epoch: int):
@@ -134,11 +149,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        floats, lives = [], []
         for ema, live in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
             if ema.is_floating_point():
-                ema.lerp_(live.detach().float(), 1.0 - self.decay)
+                floats.append(ema)
+                lives.append(live.detach().float())
             else:
                 ema.copy_(live)
+        torch._foreach_lerp_(floats, lives, 1.0 - self.decay)  # one multi-tensor kernel, as timm's ModelEmaV3
 
     def state_dict(self) -> dict:
         return self.model.state_dict()
@@ -277,11 +295,15 @@ def run(argv: list[str] | None = None) -> dict:
         sizes.update(thop_counts(model, cfg))
     log.info("model %s: %s", cfg.model.name, {k: f"{v / 1e6:.2f}M" if "params" in k else f"{v / 1e9:.2f}G"
                                                 for k, v in sizes.items()})
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest convolution kernels once
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+    model.to(accelerator.device)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, spe))
     ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema else None
-    if ema is not None:
-        ema.model.to(accelerator.device)
+    if cfg.train.compile:
+        model.compile(backend=cfg.train.compile_backend)  # in place: state_dict keys and checkpoints unchanged
     # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper steps it once per process).
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
@@ -315,7 +337,10 @@ def run(argv: list[str] | None = None) -> dict:
                           "git_dirty": str(version["git_dirty"]), "source_sha256": version["source_sha256"],
                           "model": cfg.model.name, "config_file": str(args.config)})
 
-    summary = {"params": sizes, "code_version": version, "class_counts": counts}
+    summary = {"params": sizes, "code_version": version, "class_counts": counts, "world_size": world,
+               "distributed_type": str(accelerator.distributed_type.value), "device": str(accelerator.device),
+               "mixed_precision": accelerator.mixed_precision, "param_dtype": str(next(unwrapped.parameters()).dtype),
+               "model_wrapper": type(model).__name__}
     status = "FAILED"
     try:
         summary = train_epochs(cfg, out, accelerator, model, unwrapped, optimizer, scheduler, ema, trainer, tracker,
@@ -335,6 +360,8 @@ def train_epochs(cfg, out, accelerator, model, unwrapped, optimizer, scheduler, 
     t = cfg.train
     clips_per_step = t.batch_size * t.grad_accum * world
     step_log = open(out / "train_log.jsonl", "a") if main_process else None
+    speed = {"warmup": {"steps": 0, "seconds": 0.0, "data_seconds": 0.0},
+             "steady": {"steps": 0, "seconds": 0.0, "data_seconds": 0.0}}
     first_epoch = trainer["epoch"] + (1 if trainer["evaluated"] else 0)
     try:
         for epoch in range(first_epoch, t.epochs):
@@ -345,38 +372,34 @@ def train_epochs(cfg, out, accelerator, model, unwrapped, optimizer, scheduler, 
                                         counts=summary["class_counts"]))
             progress = tqdm(total=spe, initial=start, desc=f"epoch {epoch + 1}/{t.epochs}", unit="step",
                             disable=not main_process)
-            window = {"loss": 0.0, "steps": 0, "data": 0.0, "total": 0.0, "parts": {}}
+            window, warmup = Window(), True  # an epoch's first window starts the loader workers (and compiles)
             for _ in range(start, spe):
-                tick = time.perf_counter()
                 lr = scheduler.get_last_lr()[0]  # the lr this step uses
-                loss_value, parts, grad_norm, data_time = train_step(model, unwrapped, optimizer, batches, accelerator,
-                                                                     t)
+                loss, parts, grad_norm, data_time = train_step(model, unwrapped, optimizer, batches, accelerator, t)
                 scheduler.step()
                 if ema is not None:
                     ema.update(unwrapped)
                 trainer["global_step"] += 1
                 trainer["step_in_epoch"] += 1
                 step = trainer["global_step"]
-                window["loss"] += loss_value
-                window["steps"] += 1
-                window["data"] += data_time
-                window["total"] += time.perf_counter() - tick
-                for k, v in parts.items():
-                    window["parts"][k] = window["parts"].get(k, 0.0) + v
-                if step_log is not None:
-                    step_log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss_value, "lr": lr}) + "\n")
-                    step_log.flush()
+                window.add(step, epoch, lr, loss, parts, grad_norm, data_time)
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss_value:.4f}")
                 if step % t.log_every_steps == 0 or trainer["step_in_epoch"] == spe:
-                    log_window(window, accelerator, tracker, step, lr, grad_norm, clips_per_step)
+                    mean_loss = log_window(window, accelerator, tracker, step_log, clips_per_step,
+                                           speed["warmup" if warmup else "steady"])
+                    progress.set_postfix(loss=f"{mean_loss:.4f}")
+                    window, warmup = Window(), False
                 stop = t.stop_after_steps > 0 and step >= t.stop_after_steps
                 if (t.save_every_steps > 0 and step % t.save_every_steps == 0) or stop:
+                    paused = time.perf_counter()
+                    window.write_rows(step_log)  # the step log covers the saved state (kill -9 after it)
                     checkpoint.save_state(accelerator, out, trainer)
+                    window.start += time.perf_counter() - paused
                 if stop:
                     log.info("stopping after global step %d (train.stop_after_steps); --resume continues", step)
                     progress.close()
-                    return {**summary, "stopped_early": True, "global_step": step}
+                    return {**summary, "stopped_early": True, "global_step": step,
+                            "throughput": throughput(speed, clips_per_step, cfg.data.frames, accelerator.device)}
             progress.close()
             del batches
 
@@ -408,6 +431,7 @@ def train_epochs(cfg, out, accelerator, model, unwrapped, optimizer, scheduler, 
                 accelerator.wait_for_everyone()
             trainer["evaluated"] = True
             checkpoint.save_state(accelerator, out, trainer)
+            summary["throughput"] = throughput(speed, clips_per_step, cfg.data.frames, accelerator.device)
             if main_process:
                 write_metrics_json(out, trainer, summary)
     finally:
@@ -428,9 +452,11 @@ def train_epochs(cfg, out, accelerator, model, unwrapped, optimizer, scheduler, 
     return summary
 
 
-def train_step(model, unwrapped, optimizer, batches, accelerator, t) -> tuple[float, dict, float | None, float]:
-    """One optimizer step over grad_accum micro-batches. Returns (mean loss, mean parts, grad norm, data time)."""
-    total, parts_sum, grad_norm, data_time = 0.0, {}, None, 0.0
+def train_step(model, unwrapped, optimizer, batches, accelerator, t) -> tuple[torch.Tensor, dict, object, float]:
+    """One optimizer step over grad_accum micro-batches. Returns the mean loss and mean loss parts as tensors on
+    the device (reading them would wait for the GPU), the grad norm (None, a float or a tensor) and the time spent
+    waiting for batches."""
+    total, parts_sum, grad_norm, data_time = None, {}, None, 0.0
     for _ in range(t.grad_accum):
         tick = time.perf_counter()
         batch = to_device(next(batches), accelerator.device)
@@ -441,30 +467,89 @@ def train_step(model, unwrapped, optimizer, batches, accelerator, t) -> tuple[fl
             loss, parts = unwrapped.loss(out, batch)
             accelerator.backward(loss)
             if accelerator.sync_gradients and t.grad_clip > 0:
-                norm = accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
-                grad_norm = None if norm is None else float(norm)
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        total += float(loss.detach()) / t.grad_accum
+        share = loss.detach().float() / t.grad_accum
+        total = share if total is None else total + share
         for k, v in parts.items():
-            parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / t.grad_accum
+            parts_sum[k] = parts_sum.get(k, 0.0) + v.detach().float() / t.grad_accum
     return total, parts_sum, grad_norm, data_time
 
 
-def log_window(window: dict, accelerator, tracker, step: int, lr: float, grad_norm, clips_per_step: int) -> None:
-    """Loss averaged over the window and all ranks (a collective every rank reaches at the same step)."""
-    n = max(1, window["steps"])
-    values = torch.tensor([window["loss"] / n] + [v / n for v in window["parts"].values()],
-                          device=accelerator.device)
-    values = accelerator.reduce(values, reduction="mean")
-    metrics = {"train/loss": float(values[0]), "train/lr": lr,
-               "train/clips_per_s": clips_per_step * n / max(window["total"], 1e-9),
-               "train/data_time_frac": window["data"] / max(window["total"], 1e-9)}
-    metrics |= {f"train/loss_{k}": float(v) for k, v in zip(window["parts"], values[1:], strict=True)}
-    if grad_norm is not None:
-        metrics["train/grad_norm"] = grad_norm
+class Window:
+    """The steps since the last log line. Their losses stay on the device until ``log_window`` (or a save) reads
+    them: one host-device synchronisation per window instead of one per step."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.rows: list[tuple[int, int, float]] = []  # (step, epoch, lr)
+        self.losses: list[torch.Tensor] = []
+        self.parts: dict[str, torch.Tensor] = {}
+        self.grad_norm = None
+        self.data_seconds = 0.0
+        self.written = 0  # rows already in the step log
+
+    def add(self, step: int, epoch: int, lr: float, loss: torch.Tensor, parts: dict, grad_norm,
+            data_time: float) -> None:
+        self.rows.append((step, epoch, lr))
+        self.losses.append(loss)
+        for k, v in parts.items():
+            self.parts[k] = self.parts[k] + v if k in self.parts else v
+        self.grad_norm = grad_norm if grad_norm is not None else self.grad_norm
+        self.data_seconds += data_time
+
+    def write_rows(self, step_log) -> None:
+        """Append the not yet written steps to train_log.jsonl (main process; others pass None)."""
+        if step_log is None or self.written == len(self.rows):
+            return
+        values = torch.stack(self.losses[self.written:]).tolist()
+        for (step, epoch, lr), loss in zip(self.rows[self.written:], values, strict=True):
+            step_log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr}) + "\n")
+        step_log.flush()
+        self.written = len(self.rows)
+
+
+def log_window(window: Window, accelerator, tracker, step_log, clips_per_step: int, speed: dict) -> float:
+    """The window's step log lines, its losses averaged over the window and all ranks (a collective every rank
+    reaches at the same step) and its speed; adds its steps and times to ``speed``. Returns the mean loss."""
+    n = len(window.losses)
+    local = torch.stack([torch.stack(window.losses).sum(), *window.parts.values()]) / n
+    values = accelerator.reduce(local, reduction="mean").tolist()
+    window.write_rows(step_log)
+    elapsed = max(time.perf_counter() - window.start, 1e-9)
+    speed["steps"] += n
+    speed["seconds"] += elapsed
+    speed["data_seconds"] += window.data_seconds
+    step, _, lr = window.rows[-1]
+    metrics = {"train/loss": values[0], "train/lr": lr, "train/clips_per_s": clips_per_step * n / elapsed,
+               "train/data_time_frac": window.data_seconds / elapsed}
+    metrics |= {f"train/loss_{k}": v for k, v in zip(window.parts, values[1:], strict=True)}
+    if window.grad_norm is not None:
+        metrics["train/grad_norm"] = float(window.grad_norm)
     tracker.log_metrics(metrics, step=step)
-    window.update(loss=0.0, steps=0, data=0.0, total=0.0, parts={})
+    return values[0]
+
+
+def throughput(speed: dict, clips_per_step: int, frames: int, device: torch.device) -> dict:
+    """Training speed of this run (all ranks' clips), measured on the host between the window synchronisations.
+
+    Each epoch's first log window (loader start-up, compilation, allocator warm-up) is left out when later
+    windows exist. The data wait is the main process's time blocked on the loader; the peak memory is this
+    process's (CUDA: max allocated by tensors; CPU: max resident set size)."""
+    bucket = speed["steady"] if speed["steady"]["steps"] else speed["warmup"]
+    seconds = max(bucket["seconds"], 1e-9)
+    clips_per_s = clips_per_step * bucket["steps"] / seconds
+    if device.type == "cuda":
+        peak, memory = torch.cuda.max_memory_allocated(device) / 2**30, "cuda_max_allocated"
+    else:
+        import resource
+
+        peak, memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "cpu_max_rss"
+    return {"steps": bucket["steps"], "warmup_excluded": bool(speed["steady"]["steps"]),
+            "step_seconds": seconds / max(1, bucket["steps"]), "clips_per_s": clips_per_s,
+            "frames_per_s": clips_per_s * frames, "data_wait_frac": bucket["data_seconds"] / seconds,
+            "peak_memory_gib": peak, "memory": memory}
 
 
 def write_predictions(path: Path, rows: list[tuple]) -> None:
