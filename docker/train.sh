@@ -35,8 +35,8 @@ echo "[train.sh] data=$DATA_DIR work=$WORK_DIR config=$CONFIG gpus=$NUM_GPUS"
 
 if [[ -n ${ACCELERATE_CONFIG:-} ]]; then
   LAUNCH=(--config_file "$ACCELERATE_CONFIG")
-elif [[ ${USE_DEEPSPEED:-0} == 1 ]]; then
-  LAUNCH=(--config_file configs/accelerate/deepspeed_zero2.yaml --num_processes "$NUM_GPUS")
+elif [[ ${USE_DEEPSPEED:-0} == 1 ]]; then  # without a GPU: one process on the CPU (gloo)
+  LAUNCH=(--config_file configs/accelerate/deepspeed_zero2.yaml --num_processes "$(( NUM_GPUS > 0 ? NUM_GPUS : 1 ))")
 elif (( NUM_GPUS > 1 )); then
   LAUNCH=(--config_file configs/accelerate/multi_gpu.yaml --num_processes "$NUM_GPUS")
 elif (( NUM_GPUS == 1 )); then
