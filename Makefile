@@ -38,5 +38,17 @@ docker-check: install
 mlflow-ui: install
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(DEMO_DIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
+# The prepared GPU check (README "Distributed training and the GPU check"); no network: the packages the GPU machine lacks come from .whl/.
+GPU_PY ?= $(shell test -x $(PY) && echo $(PY) || echo python3)
+GPU_WHEELS ?= .whl
+GPU_SITE ?= /tmp/avdeepfake-site
+.PHONY: gpu-check
+gpu-check:
+	@site=""; \
+	if ! $(GPU_PY) -c "import deepspeed, webdataset, thop, av" 2>/dev/null; then \
+	  site=$(GPU_SITE); $(GPU_PY) -m pip install -q --no-index --no-deps --target $$site $(GPU_WHEELS)/*.whl || exit 1; \
+	fi; \
+	PYTHONPATH=$(CURDIR)$${site:+:$$site} $(GPU_PY) -m scripts.gpu_check $(GPU_CHECK_ARGS)
+
 clean:
 	rm -rf runs .pytest_cache
