@@ -150,9 +150,18 @@ def private_daemon(parent: Path) -> Iterator[None]:
             process.kill()
             process.wait()
         logfile.close()
-        subprocess.run(["umount", "-R", "-l", str(root)], capture_output=True)  # anything a killed daemon left
+        unmount_below(root)
         shutil.rmtree(root, ignore_errors=True)
+        if root.exists():
+            raise CheckFailed(f"could not remove the private daemon's folder {root}")
         log(f"stopped the private dockerd and removed {root}")
+
+
+def unmount_below(root: Path) -> None:
+    """Lazily unmount what the daemon left mounted under ``root`` (e.g. its network namespace), deepest first."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for target in sorted((m for m in mounts if m.startswith(f"{root}/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
 
 
 # --- the base image ---------------------------------------------------------------------------------------------
