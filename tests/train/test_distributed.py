@@ -321,8 +321,7 @@ def test_gpu_check_dry_run_on_the_cpu(tiny_shards, tmp_path):
     sets = [arg for o in [*shapes, "train.batch_size=4"] for arg in ("--set", o)]
     result = run_cli([sys.executable, "-m", "scripts.gpu_check", "--device", "cpu", "--steps", "3", "--config",
                       "configs/tiny.yaml", "--shards", shards, "--out", out, "--workers", "1", "--infer-iters", "2",
-                      "--run-timeout", "300",
-                      *sets], timeout=400)
+                      "--run-timeout", "300", *sets], timeout=400)
     report = json.loads(out.read_text())
     assert json.loads(result.stdout) == report
     assert report["all_runs_ok"] and report["machine"]["device"] == "cpu" and report["peak_tflops"] > 0
