@@ -4,7 +4,7 @@
 # tag and by the digest of its amd64 image (debuerreotype's published checksums for debian:bookworm-20251229).
 # The torch wheel bundles its CUDA 13 runtime, so no CUDA base image is needed: with the NVIDIA container toolkit
 # (`docker run --gpus all`) the host driver (>= 580) is mounted in. `make docker-check` builds this file as is,
-# with a local stand-in of the same release where no registry is reachable (scripts/docker_check.py).
+# with a local stand-in of the same release where no registry is reachable (python -m scripts.docker_check).
 ARG BASE_IMAGE=debian:bookworm-20251229@sha256:4216e8fe27fdd803d2822d08ed9de39825a41a47e34c32b71a23ac074f91eaf4
 
 FROM ${BASE_IMAGE} AS builder
@@ -18,7 +18,7 @@ RUN python3 -m venv /opt/venv
 WORKDIR /build
 # Only what the dependency install reads: this layer is rebuilt when pyproject.toml changes, not the code.
 COPY pyproject.toml ./
-COPY scripts/install.sh scripts/setup_assets.py scripts/
+COPY scripts/__init__.py scripts/install.sh scripts/setup_assets.py scripts/
 COPY shards/__init__.py shards/assets.py shards/
 # the face-detector model is fetched (checksum-verified) into $AVDF_CACHE at build time, never at run time
 RUN scripts/install.sh /opt/venv/bin/python --deps-only --models-only

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml scripts/install.sh scripts/setup_assets.py
 	touch $(STAMP)
 
 demo: install
-	$(PY) scripts/demo.py --out $(DEMO_DIR)
+	$(PY) -m scripts.demo --out $(DEMO_DIR)
 
 test: install
 	$(PY) -m pytest -q
@@ -29,7 +29,7 @@ lint: install
 	$(VENV)/bin/hadolint Dockerfile
 
 report: install
-	$(PY) scripts/make_report.py --runs $(DEMO_DIR) --out report $(REPORT_ARGS)
+	$(PY) -m evaluation.report --runs $(DEMO_DIR) --out report $(REPORT_ARGS)
 
 # Builds the image and runs train.sh / infer.sh in it as the organizers do (needs root or a running Docker daemon).
 docker-check: install

@@ -9,6 +9,7 @@ tie-break TPR at FPR = 1e-3 (read off the full ROC curve by linear interpolation
     write_submission(path, [(name, score), ...])
     metrics = compute_metrics(labels, scores)    # auc, tpr_at_fpr_1e-3, eer, ap, log_loss, n, n_pos, n_neg
     python -m competition --pred submission.csv --labels labels.csv   # prints the metrics as JSON
+    python -m competition --check-data DATA [--splits train,val]      # the folders and label files are usable
 
 Fakes are reported in the FakeAVCeleb taxonomy (``CATEGORIES``): which of video and audio is manipulated.
 """
@@ -64,6 +65,34 @@ def label_file(data_dir: str | Path, split: str) -> Path:
 
 def split_dir(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / split
+
+
+def split_files(data_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """(videos folder, labels file) of a split of a competition data folder; LabelsError naming what is missing."""
+    if split not in LABEL_FILES:
+        raise LabelsError(f"unknown split {split!r}; the splits are {', '.join(LABEL_FILES)}")
+    videos, labels = split_dir(data_dir, split), label_file(data_dir, split)
+    for needed in (videos, labels):
+        if not needed.exists():
+            raise LabelsError(f"{needed} is missing; a competition data folder holds {TRAIN}/, {VAL}/, "
+                              f"{LABEL_FILES[TRAIN]} and {LABEL_FILES[VAL]}")
+    return videos, labels
+
+
+def check_data(data_dir: str | Path, splits: Sequence[str] = (TRAIN, VAL)) -> dict[str, dict[str, int]]:
+    """Every split's folder and labels exist, the labels parse, and each labelled video is in the folder:
+    {split: {"videos": n, "fake": n}}; LabelsError naming the first problem."""
+    summary = {}
+    for split in splits:
+        videos, labels_path = split_files(data_dir, split)
+        labels = read_labels(labels_path)
+        present = {p.name for p in videos.iterdir() if p.is_file()}
+        missing = sorted(set(labels) - present)
+        if missing:
+            raise LabelsError(f"{labels_path}: {len(missing)} labelled videos are not in {videos}: "
+                              f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        summary[split] = {"videos": len(labels), "fake": sum(labels.values())}
+    return summary
 
 
 def find_videos(directory: str | Path) -> list[Path]:
@@ -264,14 +293,21 @@ def score_submission(submission: str | Path, labels: str | Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m competition", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pred", type=Path, required=True, help="submission.csv (video_name,score)")
-    parser.add_argument("--labels", type=Path, required=True, help="labels CSV (video_name,target)")
+    parser.add_argument("--pred", type=Path, help="submission.csv (video_name,score) to score against --labels")
+    parser.add_argument("--labels", type=Path, help="labels CSV (video_name,target)")
+    parser.add_argument("--check-data", type=Path, metavar="DATA", help="check a competition data folder instead")
+    parser.add_argument("--splits", default=f"{TRAIN},{VAL}", help="the splits --check-data needs (default: train,val)")
     args = parser.parse_args(argv)
+    if args.check_data is None and (args.pred is None or args.labels is None):
+        parser.error("give --pred and --labels, or --check-data DATA")
     try:
-        result = score_submission(args.pred, args.labels)
+        if args.check_data is not None:
+            result = check_data(args.check_data, [s.strip() for s in args.splits.split(",") if s.strip()])
+        else:
+            result = score_submission(args.pred, args.labels)
     except LabelsError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2 if args.check_data is not None else 1
     print(json.dumps(result))
     return 0
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Train from raw competition data, inside the image or outside it (same variables):
-#   train.sh [DATA_DIR=/data] [WORK_DIR=/work] [-- extra train/main.py overrides]
-# DATA_DIR holds train/, val/, train_labels.csv, validation_labels.csv. Shards go to WORK_DIR/shards (finished
-# shards are skipped on a rerun), the run to WORK_DIR/run (MLflow store WORK_DIR/run/mlflow.db), and the best
-# checkpoint to WORK_DIR/run/best, where infer.sh looks first.
+#   train.sh [DATA_DIR=/data] [WORK_DIR=/work] [-- extra python -m train overrides]
+# DATA_DIR is a competition data folder (train/, val/ and their label files; see competition.py). Shards go to
+# WORK_DIR/shards (finished shards are skipped on a rerun), the run to WORK_DIR/run (MLflow store
+# WORK_DIR/run/mlflow.db), and the best checkpoint to WORK_DIR/run/best, where infer.sh looks first.
 # Environment: CONFIG (default configs/base.yaml), USE_DEEPSPEED=1 (ZeRO-2), NUM_GPUS (default: all visible),
 # PACK_WORKERS (default: all cores), ACCELERATE_CONFIG (overrides the automatic choice), RESUME=1,
 # DRY_RUN=1 (print the training command it would launch and exit).
@@ -18,12 +18,7 @@ PYTHON=${PYTHON:-python}
 CONFIG=${CONFIG:-configs/base.yaml}
 PACK_WORKERS=${PACK_WORKERS:-$(nproc)}
 
-for needed in train val train_labels.csv validation_labels.csv; do
-  if [[ ! -e $DATA_DIR/$needed ]]; then
-    echo "train.sh: $DATA_DIR/$needed is missing; DATA_DIR must hold train/, val/, train_labels.csv, validation_labels.csv" >&2
-    exit 2
-  fi
-done
+"$PYTHON" -m competition --check-data "$DATA_DIR" --splits train,val >/dev/null  # exits 2 naming what is missing
 
 NUM_GPUS=${NUM_GPUS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')}
 "$PYTHON" - <<PY
@@ -46,7 +41,7 @@ else
 fi
 RESUME_ARGS=()
 [[ ${RESUME:-0} == 1 ]] && RESUME_ARGS=(--resume)
-TRAIN_CMD=("$PYTHON" -m accelerate.commands.launch "${LAUNCH[@]}" train/main.py --config "$CONFIG"
+TRAIN_CMD=("$PYTHON" -m accelerate.commands.launch "${LAUNCH[@]}" -m train --config "$CONFIG"
   --train-shards "$WORK_DIR/shards/train" --val-shards "$WORK_DIR/shards/val" --out "$WORK_DIR/run"
   "${RESUME_ARGS[@]}" "$@")
 if [[ ${DRY_RUN:-0} == 1 ]]; then  # print the launch command and stop (tests fake NUM_GPUS with it)
@@ -55,11 +50,9 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then  # print the launch command and stop (tests fa
 fi
 
 # shards are packed with the extraction options of the config (inference reads them from the checkpoint)
-read -r -a PACK_ARGS < <("$PYTHON" -c "import sys; from train.config import load_config; from train.data import pack_arguments; print(' '.join(pack_arguments(load_config(sys.argv[1]))))" "$CONFIG")
+read -r -a PACK_ARGS < <("$PYTHON" -m train --config "$CONFIG" --pack-args)
 for split in train val; do
-  labels=$DATA_DIR/${split}_labels.csv
-  [[ $split == val ]] && labels=$DATA_DIR/validation_labels.csv
-  "$PYTHON" -m shards.pack --videos "$DATA_DIR/$split" --labels "$labels" --out "$WORK_DIR/shards/$split" \
+  "$PYTHON" -m shards.pack --data "$DATA_DIR" --split "$split" --out "$WORK_DIR/shards/$split" \
     "${PACK_ARGS[@]}" --workers "$PACK_WORKERS"
 done
 

@@ -21,6 +21,10 @@ import cv2
 import numpy as np
 import torch
 
+from models.batch import collate, prepare, to_device
+from shards.extract import AUDIO_SAMPLE_RATE
+from shards.pool import extracted
+
 log = logging.getLogger("infer")
 DEFAULT_COUNT = 4  # highest- and lowest-scoring videos explained when none are named
 
@@ -31,10 +35,8 @@ def saliency(predictor, sample: dict) -> dict:
     Returns numpy arrays: ``frames`` uint8 [T,S,S,3], ``frame_saliency`` float [T,S,S] in [0,1] (aligned pixel
     for pixel with the crops), ``audio`` float [N], ``audio_saliency`` float [N] in [0,1], and the model's
     outputs for the sample (scalars and per-time arrays)."""
-    from train.data import collate, prepare, to_device
-
     model = predictor.model
-    batch = to_device(collate([prepare(sample, predictor.cfg, train=False)]), predictor.device)
+    batch = to_device(collate([prepare(sample, predictor.spec.data)]), predictor.device)
     frames = batch["frames"].float().clone().requires_grad_(True)  # clone: never mark the batch's own tensors
     audio = batch["audio"].float().clone().requires_grad_(True)
     # +0 makes non-leaf tensors, so the model's in-place normalisation is allowed on them
@@ -95,12 +97,12 @@ def _figures(name: str, info: dict, out: Path) -> dict[str, str]:
 
     fig, ax = plt.subplots(figsize=(8, 3))
     if len(info["audio"]) > 400:
-        mel = torchaudio.transforms.MelSpectrogram(16_000, n_fft=400, hop_length=160, n_mels=64)(
+        mel = torchaudio.transforms.MelSpectrogram(AUDIO_SAMPLE_RATE, n_fft=400, hop_length=160, n_mels=64)(
             torch.from_numpy(info["audio"]).float())
         ax.imshow(torch.log(mel + 1e-6).numpy(), origin="lower", aspect="auto", cmap="magma",
-                  extent=(0, len(info["audio"]) / 16_000, 0, 64))
+                  extent=(0, len(info["audio"]) / AUDIO_SAMPLE_RATE, 0, 64))
         ax2 = ax.twinx()
-        seconds = np.arange(len(info["audio"])) / 16_000
+        seconds = np.arange(len(info["audio"])) / AUDIO_SAMPLE_RATE
         ax2.plot(seconds, _smooth_1d(info["audio_saliency"]), color="cyan", lw=1)
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("audio saliency")
@@ -166,7 +168,6 @@ def choose(predictions: list, names: list[str] | None, count: int = DEFAULT_COUN
 def explain_videos(predictor, videos: list[Path], predictions: list, out: Path,
                    names: list[str] | None = None) -> Path:
     """Write figures, explain.json and index.html for the chosen videos; returns the HTML page."""
-    from infer.predict import extracted
 
     out.mkdir(parents=True, exist_ok=True)
     by_name = {v.name: v for v in videos}

@@ -1,6 +1,8 @@
 """Raw videos -> submission.csv, the path the organizers run on the hidden test set.
 
-Every video gets a row: a failed extraction scores ``NEUTRAL_SCORE`` and is listed in ``<out>.failures.csv``
+Extraction is the shards code (``shards.pool`` / ``shards.extract``), the model and its batches come from the model
+library (``models.checkpoint``, ``models.batch``), the files are the competition's (``competition``): inference
+imports nothing from the trainer. Every video gets a row: a failed extraction scores ``NEUTRAL_SCORE`` and is listed in ``<out>.failures.csv``
 with its reason; no face -> the model's audio-only path, no audio -> the visual-only path (both flagged in
 ``<out>.details.csv``). Nothing fails silently: the face detector must find the face in a known portrait
 before any video is read (exit 5 naming the missing piece otherwise), and when more than
@@ -19,15 +21,20 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from competition import LabelsError, find_videos, format_score, read_template, write_submission
+from models.batch import collate, prepare, to_device
+from models.checkpoint import load_for_inference
+from shards.extract import ExtractOptions
+from shards.pool import extracted
+
 NEUTRAL_SCORE = 0.5
-EXIT_NO_VIDEOS = 2
+EXIT_NO_VIDEOS = 2  # also: the folder or the --template is unusable
 EXIT_BAD_CHECKPOINT = 3
 EXIT_TOO_MANY_FAILED = 4
 EXIT_NO_DETECTOR = 5
@@ -46,67 +53,21 @@ class Prediction:
     visual_score: float | None = None
 
 
-def find_videos(directory: Path) -> list[Path]:
-    """Every ``.mp4`` (any case) directly in ``directory``, sorted by name."""
-    if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory of videos")
-    return sorted((p for p in directory.iterdir() if p.is_file() and p.suffix.lower() == ".mp4"),
-                  key=lambda p: p.name)
-
-
-def read_template(path: Path) -> list[str]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "video_name" not in reader.fieldnames:
-            raise ValueError(f"{path}: the template needs a header with a `video_name` column")
-        names = [row["video_name"] for row in reader]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"{path}: duplicate video names in the template: {duplicates[:5]}")
-    return names
-
-
-# --- extraction in worker processes -------------------------------------------------------------------------
-def extracted(videos: list[Path], options, workers: int,
-              timeout: float = 300.0) -> Iterator[tuple[str, dict | None, str]]:
-    """(video_name, reader-format sample or None, failure reason) in input order.
-
-    The packing pool itself (``shards.pack.OrderedPool``: per-video try/except and time limit, survives a
-    worker killed by the OS) and the packed encoding round trip, so inference sees exactly what training saw.
-    """
-    from shards.format import decode, sample_key
-    from shards.pack import OrderedPool, Video
-
-    tasks = (Video(name=p.name, path=p, label=None, key=sample_key(p.name)) for p in videos)
-    for video, result in OrderedPool(options, workers, timeout).run(tasks):
-        if result["sample"] is None:
-            record = result["record"]
-            yield video.name, None, f"{record['reason']}: {record['detail']}"
-        else:
-            yield video.name, decode(result["sample"]), ""
-
-
 # --- the model ----------------------------------------------------------------------------------------------
 class Predictor:
     """A checkpoint, the eval transform it was trained with, and batched deterministic scoring."""
 
     def __init__(self, checkpoint: Path, device: str = "cpu", tta: bool = False):
-        from train.checkpoint import load_for_inference
-
         self.device = torch.device(device)
-        self.model, self.cfg = load_for_inference(checkpoint, device=self.device)
+        self.model, self.spec = load_for_inference(checkpoint, device=self.device)
         self.tta = tta
 
-    def extraction_options(self):
-        from train.data import extraction_options
-
-        return extraction_options(self.cfg)
+    def extraction_options(self) -> ExtractOptions:
+        return self.spec.data.extract_options()
 
     @torch.no_grad()
     def score(self, samples: list[dict]) -> list[dict[str, float | None]]:
-        from train.data import collate, prepare, to_device
-
-        batch = to_device(collate([prepare(sample, self.cfg, train=False) for sample in samples]), self.device)
+        batch = to_device(collate([prepare(sample, self.spec.data) for sample in samples]), self.device)
         outputs = [self.model(batch)]
         if self.tta:  # mirrored faces: a deepfake cue should not depend on left/right
             flipped = dict(batch, frames=batch["frames"].flip(-1))
@@ -156,17 +117,6 @@ def predict(videos: list[Path], predictor: Predictor, batch_size: int, workers: 
 
 
 # --- outputs ------------------------------------------------------------------------------------------------
-def write_submission(path: Path, predictions: list[Prediction]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["video_name", "score"])
-        for p in predictions:
-            writer.writerow([p.video_name, f"{p.score:.6f}"])
-    os.replace(tmp, path)
-
-
 def write_reports(out: Path, predictions: list[Prediction]) -> tuple[Path, Path]:
     details = out.with_name(out.stem + ".details.csv")
     failures = out.with_name(out.stem + ".failures.csv")
@@ -174,7 +124,7 @@ def write_reports(out: Path, predictions: list[Prediction]) -> tuple[Path, Path]
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["video_name", "score", "status", "fallbacks", "audio_score", "visual_score", "reason"])
         for p in predictions:
-            writer.writerow([p.video_name, f"{p.score:.6f}", p.status, ";".join(p.fallbacks),
+            writer.writerow([p.video_name, format_score(p.score), p.status, ";".join(p.fallbacks),
                              _fmt(p.audio_score), _fmt(p.visual_score), p.reason])
     with open(failures, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -186,7 +136,7 @@ def write_reports(out: Path, predictions: list[Prediction]) -> tuple[Path, Path]
 
 
 def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.6f}"
+    return "" if value is None else format_score(value)
 
 
 def order_by_template(predictions: list[Prediction], template: list[str]) -> list[Prediction]:
@@ -235,7 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[infer] %(message)s")
     args = parse_args(argv)
     make_deterministic()
-    videos = find_videos(args.videos)
+    try:
+        videos = find_videos(args.videos)
+        template = read_template(args.template) if args.template else None
+    except (FileNotFoundError, LabelsError) as error:
+        log.error("%s", error)
+        return EXIT_NO_VIDEOS
     if not videos:
         log.error("no .mp4 video in %s: nothing to predict", args.videos)
         return EXIT_NO_VIDEOS
@@ -254,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     predictions = predict(videos, predictor, args.batch_size, args.workers, args.video_timeout)
     seconds = time.time() - started
-    if args.template:
-        predictions = order_by_template(predictions, read_template(args.template))
-    write_submission(args.out, predictions)
+    if template is not None:
+        predictions = order_by_template(predictions, template)
+    write_submission(args.out, ((p.video_name, p.score) for p in predictions))
     details, failures = write_reports(args.out, predictions)
     if args.explain:
         from infer.explain import explain_videos

@@ -1,9 +1,8 @@
-#!/usr/bin/env python
 """Inference throughput end to end against decoding the same videos alone (not a test; prints JSON).
 
-    python scripts/bench_infer.py --videos DIR --checkpoint RUN/best [--workers N] [--limit 40] [--device cpu]
+    python -m scripts.bench_infer --videos DIR --checkpoint RUN/best [--workers N] [--limit 40] [--device cpu]
 
-decode : ``scripts/bench_pack.py``'s decode-only run (the clip's frames and audio, the code path extraction
+decode : ``scripts.bench_pack``'s decode-only run (the clip's frames and audio, the code path extraction
          uses) in N spawned worker processes, start-up included;
 end_to_end : ``infer.predict.predict`` on the same videos: N extraction workers (decode, face detection,
          crops, audio) feeding the model in batches, start-up included.
@@ -15,17 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_pack import run_decode  # noqa: E402
-
-from infer.evaluation import machine_info  # noqa: E402
-from infer.predict import Predictor, find_videos, predict  # noqa: E402
+from competition import find_videos
+from evaluation.speed import machine_info
+from infer.predict import Predictor, predict
+from scripts.bench_pack import run_decode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     e2e_rate = len(videos) / e2e_seconds
     print(json.dumps({
         "machine": machine_info(), "videos": len(videos), "workers": args.workers, "device": args.device,
-        "model": predictor.cfg.model.name, "frames": options.frames, "size": options.size,
+        "model": predictor.spec.model.name, "frames": options.frames, "size": options.size,
         "decode_videos_per_s": round(decode_rate, 3), "end_to_end_videos_per_s": round(e2e_rate, 3),
         "end_to_end_videos_per_s_per_core": round(e2e_rate / args.workers, 3),
         "ratio": round(e2e_rate / decode_rate, 3), "target_ratio": 0.8,

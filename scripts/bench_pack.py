@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Packing throughput against decoding the same frames alone (not a test; prints JSON).
 
-    python scripts/bench_pack.py --videos DIR [--workers N] [--limit 40] [--frames 16 --size 224]
+    python -m scripts.bench_pack --videos DIR [--workers N] [--limit 40] [--frames 16 --size 224]
 
 Three runs over the same videos, each in N spawned worker processes (one thread each):
   decode : ``shards.extract.load_frames`` only: open, index, decode and convert the clip's T frames (the exact
@@ -31,10 +30,8 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shards.extract import ExtractOptions  # noqa: E402
-from shards.pack import VIDEO_EXTENSIONS  # noqa: E402
+from shards.extract import ExtractOptions
+from shards.inputs import VIDEO_EXTENSIONS
 
 
 def _init() -> None:
@@ -102,7 +99,8 @@ def paired_one(path: str, options: ExtractOptions, repeats: int) -> tuple[float,
     """(decode-only, pack) CPU seconds of one video measured back to back in one worker (best of ``repeats``),
     so load from other processes hits both alike."""
     from shards.format import sample_key
-    from shards.pack import Video, process_video
+    from shards.inputs import Video
+    from shards.pool import process_video
 
     video = Video(Path(path).name, Path(path), None, sample_key(Path(path).name))
     decode, packed = [], []
@@ -115,7 +113,7 @@ def paired_one(path: str, options: ExtractOptions, repeats: int) -> tuple[float,
 
 
 def run_paired(videos: list[Path], options: ExtractOptions, workers: int, repeats: int = 2) -> dict:
-    from shards.pack import _init_worker
+    from shards.pool import _init_worker
 
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(options,)) as pool:

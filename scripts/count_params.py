@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""Parameter and MAC counts of a config's model: `python scripts/count_params.py --config configs/base.yaml`.
+"""Parameter and MAC counts of a config's model: `python -m scripts.count_params --config configs/base.yaml`.
 
 The competition rule is "at most 200M parameters as measured with thop". thop counts only the parameters of
 leaf modules of the types it knows that run in the forward pass, so it misses e.g. position embeddings, class
@@ -11,18 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from train.config import MAX_PARAMS, load_config  # noqa: E402
+from models import create_model
+from models.counting import MAX_PARAMS, count_parameters, thop_counts
+from train.config import load_config
 
 
 def measure(config: str | Path, overrides: list[str] | None = None) -> dict:
-    from train.main import thop_counts
-    from train.registry import count_parameters, create_model
-
     cfg = load_config(config, overrides)
     model = create_model(cfg, pretrained=False)
     result = {"config": str(config), "model": cfg.model.name, "params_true": count_parameters(model),
@@ -34,7 +29,7 @@ def measure(config: str | Path, overrides: list[str] | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m scripts.count_params", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args, overrides = parser.parse_known_args(argv)

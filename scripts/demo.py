@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""`make demo`: the whole job end to end on the embedded synthetic dataset, on CPU.
+"""`make demo` (`python -m scripts.demo`): the whole job end to end on the embedded synthetic dataset, on CPU.
 
 Steps (each one is the real command a user would run, so the demo exercises the shipped entry points):
 1. generate the synthetic audio-visual deepfake dataset (competition format) -> OUT/data
@@ -20,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from competition import TEST, TRAIN, VAL, label_file, split_dir
+from train.data import pack_arguments
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"baseline": "configs/baseline.yaml", "tiny": "configs/tiny.yaml"}
 
@@ -30,13 +32,6 @@ def run(cmd: list[str], done_marker: Path | None = None) -> None:
         return
     print(f"[demo] $ {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
-
-
-def extraction_args(config: str) -> list[str]:
-    from train.config import load_config
-    from train.data import pack_arguments
-
-    return pack_arguments(load_config(ROOT / config))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,25 +46,25 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     data = out / "data"
-    run([py, "scripts/make_synthetic_dataset.py", "--out", str(data), "--videos", str(args.videos),
+    run([py, "-m", "scripts.make_synthetic_dataset", "--out", str(data), "--videos", str(args.videos),
          "--seed", str(args.seed), "--workers", str(args.workers)], done_marker=data / "meta.csv")
 
     shards = out / "shards"
-    pack_options = extraction_args(MODELS["tiny"])
-    for split, labels in (("train", "train_labels.csv"), ("val", "validation_labels.csv")):
-        run([py, "-m", "shards.pack", "--videos", str(data / split), "--labels", str(data / labels),
+    pack_options = pack_arguments(ROOT / MODELS["tiny"])
+    for split in (TRAIN, VAL):
+        run([py, "-m", "shards.pack", "--videos", str(split_dir(data, split)), "--labels", str(label_file(data, split)),
              "--out", str(shards / split), "--workers", str(args.workers), *pack_options])
 
     results: dict[str, dict] = {}
     for name, config in MODELS.items():
         run_dir = out / "runs" / name
-        run([py, "train/main.py", "--config", config, "--train-shards", str(shards / "train"),
+        run([py, "-m", "train", "--config", config, "--train-shards", str(shards / "train"),
              "--val-shards", str(shards / "val"), "--out", str(run_dir)], done_marker=run_dir / "metrics.json")
         submission = out / "submissions" / f"{name}.csv"
-        run([py, "-m", "infer", "--videos", str(data / "test"), "--checkpoint", str(run_dir / "best"),
+        run([py, "-m", "infer", "--videos", str(split_dir(data, TEST)), "--checkpoint", str(run_dir / "best"),
              "--out", str(submission), "--workers", str(args.workers)])
-        scored = subprocess.run([py, "scripts/score.py", "--pred", str(submission), "--labels",
-                                 str(data / "test_labels.csv")], check=True, cwd=ROOT, capture_output=True, text=True)
+        scored = subprocess.run([py, "-m", "competition", "--pred", str(submission), "--labels",
+                                 str(label_file(data, TEST))], check=True, cwd=ROOT, capture_output=True, text=True)
         val = json.loads((run_dir / "metrics.json").read_text())
         results[name] = {"val": val.get("best", val), "test": json.loads(scored.stdout)}
 

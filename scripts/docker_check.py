@@ -367,7 +367,7 @@ def check_host_written_checkpoint(data: Path, work: Path, output: Path, scratch:
     run_dir = scratch / "host_run"
     previous = os.umask(0o077)
     try:
-        run([sys.executable, "train/main.py", "--config", "configs/tiny.yaml", "--train-shards",
+        run([sys.executable, "-m", "train", "--config", "configs/tiny.yaml", "--train-shards",
              work / "shards" / "train", "--val-shards", work / "shards" / "val", "--out", run_dir,
              "train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=4", "train.eval_batch_size=8",
              "log.mlflow=false", "log.plots=false"], cwd=ROOT)
@@ -431,7 +431,7 @@ def check(scratch: Path, videos: int) -> dict:
 
     data = scratch / "data"
     with TIMER("synthetic dataset (host)"):
-        run([sys.executable, "scripts/make_synthetic_dataset.py", "--out", data, "--videos", videos, "--seed", 0],
+        run([sys.executable, "-m", "scripts.make_synthetic_dataset", "--out", data, "--videos", videos, "--seed", 0],
             cwd=ROOT, quiet=True)
     subprocess.run(["chmod", "-R", "a+rX", str(data)], check=True)
     work, output = owned_by_container_user(scratch / "work"), owned_by_container_user(scratch / "output")

@@ -1,6 +1,5 @@
-#!/usr/bin/env python
 """The prepared GPU check: train a config (default ``base``) in bf16 three ways through the real launch path
-(``accelerate launch train/main.py`` with the project's accelerate configs): one GPU (``single_gpu.yaml``), DDP
+(``accelerate launch -m train`` with the project's accelerate configs): one GPU (``single_gpu.yaml``), DDP
 (``multi_gpu.yaml``, one process) and DeepSpeed ZeRO-2 (``deepspeed_zero2.yaml``, one process); then time
 model-only inference in bf16 and fp32. Writes one JSON file and prints it.
 
@@ -62,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds one training run may take (3 runs + inference stay within 8 minutes)")
     parser.add_argument("--infer-iters", type=int, default=20, help="timed forward passes per precision")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra train/main.py override, repeatable (e.g. --set train.batch_size=32)")
+                        help="extra python -m train override, repeatable (e.g. --set train.batch_size=32)")
     parser.add_argument("--prepare", action="store_true",
                         help="CPU machine: make synthetic videos and pack them into --shards with the config's options")
     parser.add_argument("--videos", type=int, default=40, help="--prepare: synthetic videos (60%% train, 20%% val)")
@@ -72,17 +71,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- preparation (CPU machine) ----------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace) -> dict:
     """Synthetic videos packed with the config's extraction options into <shards>/{train,val}."""
-    from train.config import load_config
+    from competition import TRAIN, VAL, label_file, split_dir
     from train.data import pack_arguments
 
     data = args.shards.parent / "videos"
     workers = str(os.cpu_count() or 1)
-    subprocess.run([sys.executable, "scripts/make_synthetic_dataset.py", "--out", str(data), "--videos",
+    subprocess.run([sys.executable, "-m", "scripts.make_synthetic_dataset", "--out", str(data), "--videos",
                     str(args.videos), "--seed", "0", "--workers", workers], cwd=ROOT, check=True)
-    for split, labels in (("train", "train_labels.csv"), ("val", "validation_labels.csv")):
-        subprocess.run([sys.executable, "-m", "shards.pack", "--videos", str(data / split), "--labels",
-                        str(data / labels), "--out", str(args.shards / split), "--workers", workers,
-                        *pack_arguments(load_config(args.config))], cwd=ROOT, check=True)
+    for split in (TRAIN, VAL):
+        subprocess.run([sys.executable, "-m", "shards.pack", "--videos", str(split_dir(data, split)), "--labels",
+                        str(label_file(data, split)), "--out", str(args.shards / split), "--workers", workers,
+                        *pack_arguments(args.config)], cwd=ROOT, check=True)
     shutil.rmtree(data)
     size = sum(p.stat().st_size for p in args.shards.rglob("*") if p.is_file())
     summary = {"shards": str(args.shards), "mib": round(size / 2**20, 1)}
@@ -158,7 +157,7 @@ def launch_command(args: argparse.Namespace, mode: str, run_dir: Path) -> list[s
     processes = [] if mode == "single" else ["--num_processes", "1"]
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
             f"configs/accelerate/{LAUNCH_CONFIGS[mode]}", *processes, "--main_process_port", str(free_port()),
-            "train/main.py", "--config", str(args.config), "--train-shards", str(args.shards / "train"),
+            "-m", "train", "--config", str(args.config), "--train-shards", str(args.shards / "train"),
             "--val-shards", str(args.shards / "val"), "--out", str(run_dir), *overrides]
 
 
@@ -177,7 +176,7 @@ def train_run(args: argparse.Namespace, mode: str, peak: float | None) -> dict:
     except subprocess.TimeoutExpired as error:
         failure = f"timed out after {args.run_timeout} s: {(error.stderr or b'')[-3000:]!r}"
     result = {"ok": failure is None, "wall_seconds": round(time.perf_counter() - tick, 1),
-              "launch": " ".join(command[1:command.index("train/main.py")])}
+              "launch": " ".join(command[1:command.index("train")])}
     if failure is not None:
         return {**result, "error": failure}
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -205,9 +204,9 @@ def inference_speed(args: argparse.Namespace) -> dict:
     """Model-only forward passes (no decoding, no data loading) on one batch of eval_batch_size clips."""
     import torch
 
+    from models import create_model
+    from models.batch import example_batch, to_device
     from train.config import load_config
-    from train.data import to_device
-    from train.registry import create_model, example_batch
 
     cfg = load_config(args.config, args.overrides)
     device = torch.device(args.device)
@@ -216,7 +215,7 @@ def inference_speed(args: argparse.Namespace) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     model = create_model(cfg, pretrained=False).to(device).eval()
     batch_size = cfg.train.eval_batch_size
-    batch = to_device(example_batch(cfg, batch_size), device)
+    batch = to_device(example_batch(cfg.data, batch_size), device)
     results = {}
     for precision in ("bf16", "fp32"):
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

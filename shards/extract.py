@@ -215,7 +215,7 @@ class DecodedFrames:
 
 
 def load_frames(container, info: media.MediaInfo, options: ExtractOptions, fallbacks: list[str]) -> DecodedFrames:
-    """The clip's T frames (the decode half of ``extract``; scripts/bench_pack.py times it alone)."""
+    """The clip's T frames (the decode half of ``extract``; python -m scripts.bench_pack times it alone)."""
     period = 1.0 / info.fps if info.fps else 0.04
     start, duration, index = _usable_duration(container, info, options, period, fallbacks)
     clip_start, clip_end = clip_span(start, duration, options.max_clip_seconds)

@@ -1,15 +1,16 @@
 """Videos -> WebDataset shards, one sample per video (format: ``shards.format``; extraction: ``shards.extract``).
 
     python -m shards.pack --videos DIR [--labels LABELS.csv] --out OUTDIR [--workers N]
+    python -m shards.pack --data DATA --split train --out OUTDIR ...   (a competition data folder's split)
         [--frames 16 --size 224 --margin 0.3 --max-clip-seconds 10 --jpeg-quality 95]
         [--shard-max-mb 256 | --shard-max-count N] [--num-parts N --part I] [--allow-unlabeled]
         [--allow-missing-videos] [--meta META.csv [--meta-columns category,method]] [--video-timeout 300]
 
-Inputs: every file in DIR with a video extension (``VIDEO_EXTENSIONS``, any case) plus every name the labels
-list, sorted by name. Other files are listed in the manifest as ``ignored_files``. The labels CSV needs a
-``video_name,target`` header (target 0/1, 1 = fake); a labelled video missing from DIR, a video without a label
-(unless ``--allow-unlabeled``: packed with label null), a duplicate name or a bad value stops the run before any
-work with a message that names the file and the fix. Without ``--labels`` every sample has label null.
+Inputs (``shards.inputs``): every file in DIR with a video extension plus every name the labels list, sorted by
+name. Other files are listed in the manifest as ``ignored_files``. The labels CSV is the competition's
+``video_name,target`` (target 0/1, 1 = fake; ``competition.read_labels``); a labelled video missing from DIR, a
+video without a label (unless ``--allow-unlabeled``: packed with label null), a duplicate name or a bad value
+stops the run before any work with a message that names the file and the fix. Without ``--labels`` every sample has label null.
 ``--meta meta.csv`` copies per-video columns (default ``category,method``: the FakeAVCeleb category gives the
 per-modality labels) into each sample's json; videos it does not list get none.
 
@@ -23,10 +24,8 @@ each (a failed video leaves its shard one sample short), so shard contents depen
 options. The default count comes from ``--shard-max-mb`` and ``estimate_sample_bytes`` (JPEG at about
 ``JPEG_BYTES_PER_PIXEL`` bytes per pixel at quality 95, measured on face crops, plus the longest audio).
 
-Robustness: every video is extracted in a worker process (one FaceDetector each, 1 thread each) under a
-per-video try/except and time limit; a worker killed by the OS breaks the pool, which is restarted and the
-videos it was running are retried one at a time, so only the video that kills a worker twice fails
-(``worker_died``). Before any video is read, the face detector must find the face in a known portrait
+Robustness (``shards.pool``): every video is extracted in a worker process under a per-video try/except and time
+limit; a worker killed by the OS is replaced and only a video that kills a worker twice fails (``worker_died``). Before any video is read, the face detector must find the face in a known portrait
 (``shards.faces.self_check``), so a broken install stops the run with one message naming the missing piece
 (exit 5) instead of failing every video. A run exits 0 when at most ``--max-failed-fraction`` of the inputs
 failed (the shards and manifest are written either way), 1 when more failed or nothing was packed (stderr
@@ -35,45 +34,32 @@ names the most common reasons with counts), 2 on usage or label errors, 5 when t
 Resume: tars and stats are written under temporary names and renamed when complete; a shard is done when its
 tar and ``_stats.json`` exist. Rerunning the same command skips done shards and redoes the others (stale
 ``*.tmp`` of this part are removed). ``options.json`` records everything that changes sample content; a rerun or
-another part with different options refuses. Same inputs and options -> byte-identical tars.
+another part with different options refuses. The folder layout is ``shards.layout``'s. Same inputs and options -> byte-identical tars.
 
 Parts: ``--num-parts N --part I`` packs the I-th of N contiguous slices of the sorted inputs; all parts may
 write into one OUTDIR (shard names carry the part). ``python -m shards.merge OUTDIR`` joins them.
-
-Fault injection for tests: ``AVDF_PACK_FAULT=<action>:<text>`` makes a worker ``kill`` itself, ``raise`` or
-``sleep`` (60 s) when the video name contains <text>.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import io
 import json
-import math
 import os
-import signal
 import sys
 import tarfile
-import threading
 import time
-import traceback
-from collections import Counter, deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from competition import LABEL_FILES, LabelsError, split_files
 from shards.extract import ExtractOptions
-from shards.format import RESERVED_JSON_KEYS, sample_key
-from shards.merge import (
+from shards.inputs import InputError, Video, collect_inputs, read_meta
+from shards.layout import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     OPTIONS_FILE,
-    MergeError,
-    merge,
     part_manifest_path,
     part_tag,
     read_json,
@@ -82,12 +68,12 @@ from shards.merge import (
     summarize,
     write_json,
 )
+from shards.merge import MergeError, merge
+from shards.pool import OrderedPool
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".3gp", ".flv",
-                    ".wmv")
 DEFAULT_SHARD_MB = 256.0
 # 224x224 face crops at quality 95: 0.29 B/pixel on the synthetic dataset, 0.39 on 720p test videos
-# (scripts/bench_pack.py prints it) -> about 17 KB per frame
+# (python -m scripts.bench_pack prints it) -> about 17 KB per frame
 JPEG_BYTES_PER_PIXEL = 0.35
 TAR_MEMBER_OVERHEAD = 1024  # header + padding per member
 TAR_MTIME = 1_700_000_000  # fixed member time: identical inputs give byte-identical tars
@@ -95,19 +81,6 @@ EXIT_TOO_MANY_FAILED = 1  # also when nothing at all could be packed
 EXIT_USAGE = 2
 EXIT_NO_DETECTOR = 5
 DEFAULT_MAX_FAILED_FRACTION = 0.1
-
-
-class InputError(Exception):
-    """A problem with --videos / --labels / --out found before any work; the message names the fix."""
-
-
-@dataclass(frozen=True)
-class Video:
-    name: str
-    path: Path
-    label: int | None
-    key: str
-    extra: tuple[tuple[str, str], ...] = ()  # --meta columns copied into the sample json
 
 
 @dataclass(frozen=True)
@@ -149,107 +122,6 @@ def estimate_sample_bytes(options: ExtractOptions) -> int:
     audio = options.max_clip_seconds * options.audio_sample_rate * 2
     json_bytes = 1500 + 150 * options.frames
     return int(jpeg + audio + json_bytes + TAR_MEMBER_OVERHEAD * (options.frames + 3))
-
-
-# --- inputs ---------------------------------------------------------------------------------------------------
-def read_labels(path: Path) -> dict[str, int]:
-    """{video_name: 0|1} from a ``video_name,target`` CSV, or InputError naming the file, the line and the fix."""
-    if not path.is_file():
-        raise InputError(f"labels file {path} does not exist; pass the CSV with `video_name,target` rows, or omit "
-                         "--labels for an unlabeled test set")
-    labels: dict[str, int] = {}
-    lines: dict[str, int] = {}
-    duplicates: list[str] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [h.strip().lower() for h in next(reader, [])]
-        if "video_name" not in header or "target" not in header:
-            raise InputError(f"{path}: header is {header or 'empty'}, expected `video_name,target` (target 1 = "
-                             "fake, 0 = real); fix the first line of the file")
-        name_col, target_col = header.index("video_name"), header.index("target")
-        for line, row in enumerate(reader, start=2):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) <= max(name_col, target_col):
-                raise InputError(f"{path}:{line}: expected {len(header)} columns, got {row}; fix that line")
-            name, target = row[name_col].strip(), row[target_col].strip()
-            if not name:
-                raise InputError(f"{path}:{line}: empty video_name; fix or delete that line")
-            try:
-                value = float(target)
-            except ValueError:
-                value = math.nan
-            if value not in (0.0, 1.0):
-                raise InputError(f"{path}:{line}: target {target!r} for {name} is not 0 or 1; fix that line")
-            if name in labels:
-                duplicates.append(f"{name} (lines {lines[name]} and {line})")
-                continue
-            labels[name], lines[name] = int(value), line
-    if duplicates:
-        raise InputError(f"{path}: {len(duplicates)} duplicate video names: {', '.join(duplicates[:5])}"
-                         f"{' ...' if len(duplicates) > 5 else ''}; keep one row per video")
-    return labels
-
-
-def read_meta(path: Path, columns: tuple[str, ...]) -> dict[str, tuple[tuple[str, str], ...]]:
-    """{video_name: ((column, value), ...)} from a CSV with a ``video_name`` column (e.g. the dataset's meta.csv)."""
-    if not path.is_file():
-        raise InputError(f"--meta {path} does not exist; pass the dataset's meta.csv or omit --meta")
-    taken = sorted(set(columns) & RESERVED_JSON_KEYS)
-    if taken:
-        raise InputError(f"--meta-columns {taken} would overwrite fields of the sample json; choose other columns")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("video_name", *columns) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path}: no column {missing} (header: {reader.fieldnames}); pass a CSV with "
-                             f"video_name and {', '.join(columns)}, or choose others with --meta-columns")
-        return {row["video_name"].strip(): tuple((c, row[c].strip()) for c in columns) for row in reader}
-
-
-def collect_inputs(videos: Path, labels_path: Path | None, allow_unlabeled: bool = False,
-                   allow_missing: bool = False,
-                   meta: dict[str, tuple[tuple[str, str], ...]] | None = None) -> tuple[list[Video], list[str]]:
-    """(sorted inputs with unique keys, names of ignored files)."""
-    if not videos.is_dir():
-        raise InputError(f"--videos {videos} is not a folder; pass the folder that holds the video files")
-    files = {p.name: p for p in videos.iterdir() if p.is_file()}
-    media = {n for n in files if n.lower().endswith(VIDEO_EXTENSIONS) and not n.startswith(".")}
-    labels = read_labels(labels_path) if labels_path is not None else None
-    if labels is None:
-        names = sorted(media)
-    else:
-        missing = sorted(n for n in labels if n not in files)
-        if missing and not allow_missing:
-            raise InputError(f"{labels_path}: {len(missing)} labelled videos are not in {videos}: "
-                             f"{_first(missing)}; fix the labels file or --videos, or pass --allow-missing-videos "
-                             "to record them as failed (missing_file)")
-        unlabeled = sorted(media - set(labels))
-        if unlabeled and not allow_unlabeled:
-            raise InputError(f"{len(unlabeled)} videos in {videos} have no label in {labels_path}: "
-                             f"{_first(unlabeled)}; add them to the labels file, move them out, or pass "
-                             "--allow-unlabeled to pack them with label null")
-        names = sorted(media | set(labels))
-    ignored = sorted(set(files) - set(names))
-    keys = assign_keys(names)
-    meta = meta or {}
-    inputs = [Video(n, videos / n, None if labels is None else labels.get(n), keys[n], meta.get(n, ()))
-              for n in names]
-    return inputs, ignored
-
-
-def assign_keys(names: list[str]) -> dict[str, str]:
-    """Sample keys; names whose keys collide (``a.b.mp4`` / ``a_b.mp4`` / ``a_b.mov``) get a hash suffix."""
-    keys = {n: sample_key(n) for n in names}
-    counts = Counter(keys.values())
-    for n, k in keys.items():
-        if counts[k] > 1:
-            keys[n] = f"{k}_{hashlib.sha1(n.encode()).hexdigest()[:8]}"
-    return keys
-
-
-def _first(names: list[str], n: int = 5) -> str:
-    return ", ".join(names[:n]) + (f" ... (+{len(names) - n})" if len(names) > n else "")
 
 
 def part_slice(items: list, part: int, num_parts: int) -> list:
@@ -295,198 +167,6 @@ def check_options(out: Path, options: dict, tag: str) -> None:
                              "--out, or delete that folder to repack with the new options")
         return
     write_json(path, options, tmp_suffix=tag)
-
-
-# --- workers --------------------------------------------------------------------------------------------------
-_worker: dict = {}
-
-
-class _Timeout(Exception):
-    pass
-
-
-def _init_worker(options: ExtractOptions, watch_parent: bool = False) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-    if watch_parent:  # a worker whose parent was killed (kill -9, OOM) would otherwise wait forever for work
-        parent = os.getppid()
-        threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
-    _worker["options"] = options
-    _worker["detector"] = None
-    import scipy.signal  # noqa: F401  (the audio resampler: start-up, not the first video's time limit)
-
-    try:
-        _detector()
-    except Exception:  # noqa: S110 - a broken model install must fail each video with its message, not the pool
-        pass
-
-
-def _exit_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(2)
-    os._exit(1)
-
-
-def _detector():
-    if _worker.get("detector") is None:
-        from shards.faces import FaceDetector
-
-        _worker["detector"] = FaceDetector()
-    return _worker["detector"]
-
-
-def _on_alarm(signum, frame):
-    raise _Timeout()
-
-
-def _inject_fault(name: str) -> None:
-    spec = os.environ.get("AVDF_PACK_FAULT", "")
-    action, _, text = spec.partition(":")
-    if not text or text not in name:
-        return
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif action == "raise":
-        raise RuntimeError(f"injected fault for {name}")
-    elif action == "sleep":
-        time.sleep(60)
-
-
-def process_video(video: Video, timeout: float) -> dict:
-    """Extract + encode one video in a worker. Never raises: failures come back as outcome records."""
-    from shards.extract import ExtractionError, extract
-    from shards.format import encode
-
-    started, cpu_started = time.perf_counter(), time.process_time()
-    record = {"video_name": video.name, "key": video.key, "label": video.label, "fallbacks": [],
-              "reason": None, "detail": None}
-    use_alarm = timeout > 0 and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
-    if use_alarm:
-        previous = signal.signal(signal.SIGALRM, _on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, timeout)
-    sample = None
-    try:
-        _inject_fault(video.name)
-        clip = extract(video.path, _worker["options"], _detector())
-        clip.meta.update(video.extra)
-        sample = encode(clip, video.key, video.label)
-        record["fallbacks"] = list(clip.meta["fallbacks"])
-        record["status"] = "packed_with_fallback" if record["fallbacks"] else "packed"
-    except ExtractionError as error:
-        record.update(status="failed", reason=error.reason, detail=error.detail or str(error))
-    except _Timeout:
-        record.update(status="failed", reason="timeout", detail=f"extraction took longer than {timeout:g} s")
-    except Exception as error:  # a bug or an FFmpeg surprise on one video must not stop the run
-        tail = traceback.format_exc(limit=-3).strip().splitlines()[-6:]
-        record.update(status="failed", reason="crash", detail=f"{type(error).__name__}: {error} | " + " | ".join(tail))
-    finally:
-        if use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-    record["seconds"] = round(time.perf_counter() - started, 3)
-    record["cpu_seconds"] = round(time.process_time() - cpu_started, 3)  # all threads of the worker
-    return {"record": record, "sample": sample}
-
-
-def _worker_died(video: Video) -> dict:
-    record = {"video_name": video.name, "key": video.key, "label": video.label, "fallbacks": [],
-              "status": "failed", "reason": "worker_died", "seconds": None, "cpu_seconds": None,
-              "detail": "the worker process died while extracting this video, also when retried alone "
-                        "(killed by the OS, e.g. out of memory, or a crash inside FFmpeg/MediaPipe)"}
-    return {"record": record, "sample": None}
-
-
-class OrderedPool:
-    """Runs ``process_video`` over tasks in worker processes and yields results in task order.
-
-    At most ``window`` tasks are submitted or waiting to be yielded (bounded memory). When a worker dies the pool
-    is rebuilt and the tasks it was running are rerun one at a time; a task that breaks the pool alone fails.
-    ``workers=0`` runs everything in this process (no isolation; for debugging and small tests).
-    """
-
-    def __init__(self, options: ExtractOptions, workers: int, timeout: float):
-        self.options, self.workers, self.timeout = options, workers, timeout
-        self.window = max(2, 2 * workers)
-        self.pool: ProcessPoolExecutor | None = None
-        self.restarts = 0
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        import multiprocessing as mp
-
-        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                   initargs=(self.options, True))
-
-    def run(self, tasks: Iterable[Video]) -> Iterator[tuple[Video, dict]]:
-        if self.workers <= 0:
-            _init_worker(self.options)
-            try:
-                for video in tasks:
-                    yield video, process_video(video, self.timeout)
-            finally:
-                if _worker.get("detector") is not None:
-                    _worker.pop("detector").close()
-            return
-        queue = deque(enumerate(tasks))
-        inflight: dict[Future, tuple[int, Video]] = {}
-        done: dict[int, tuple[Video, dict]] = {}
-        suspects: deque[tuple[int, Video]] = deque()
-        alone: tuple[int, Video] | None = None  # the suspect running by itself
-        next_out = 0
-        self.pool = self._new_pool()
-
-        def submit(task: tuple[int, Video]) -> bool:
-            try:
-                inflight[self.pool.submit(process_video, task[1], self.timeout)] = task
-                return True
-            except BrokenProcessPool:  # broke since the last wait: the culprit is among the running tasks
-                return False
-
-        try:
-            while queue or inflight or suspects:
-                lost: list[tuple[int, Video]] = []
-                if suspects or alone is not None:
-                    if not inflight:
-                        alone = suspects.popleft()
-                        if not submit(alone):
-                            lost.append(alone)
-                else:
-                    while queue and queue[0][0] - next_out < self.window:
-                        task = queue.popleft()
-                        if not submit(task):
-                            lost.append(task)
-                            break
-                if not lost:
-                    finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        task = inflight.pop(future)
-                        try:
-                            done[task[0]] = (task[1], future.result())
-                        except BrokenProcessPool:
-                            lost.append(task)
-                if lost:
-                    lost += list(inflight.values())
-                    inflight.clear()
-                    self._restart()
-                    if alone is not None and lost == [alone]:
-                        done[alone[0]] = (alone[1], _worker_died(alone[1]))
-                    else:
-                        suspects.extend(sorted(lost, key=lambda t: t[0]))
-                if not inflight:
-                    alone = None
-                while next_out in done:
-                    yield done.pop(next_out)
-                    next_out += 1
-        finally:
-            if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
-                self.pool = None
-
-    def _restart(self) -> None:
-        assert self.pool is not None
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self.restarts += 1
-        self.pool = self._new_pool()
 
 
 # --- shards ---------------------------------------------------------------------------------------------------
@@ -639,7 +319,10 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
     defaults = ExtractOptions()
     p = argparse.ArgumentParser(prog="python -m shards.pack", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--videos", type=Path, required=True, help="folder of video files")
+    inputs = p.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--videos", type=Path, help="folder of video files")
+    inputs.add_argument("--data", type=Path, help="a competition data folder; with --split: its videos and labels")
+    p.add_argument("--split", choices=sorted(LABEL_FILES), help="with --data: train, val or test")
     p.add_argument("--labels", type=Path, default=None, help="CSV video_name,target (omit for unlabeled sets)")
     p.add_argument("--out", type=Path, required=True, help="output folder (shared by all parts)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
@@ -674,6 +357,13 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
     p.add_argument("--prefix", default="shard", help="shard name prefix")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if a.data is not None:
+        if a.split is None or a.labels is not None:
+            p.error("--data needs --split (and takes the labels from the data folder: no --labels)")
+        try:
+            a.videos, a.labels = split_files(a.data, a.split)
+        except LabelsError as error:
+            p.exit(EXIT_USAGE, f"error: {error}\n")
     if a.shard_max_count is not None and a.shard_max_count < 1:
         p.error("--shard-max-count must be >= 1")
     if a.num_parts < 1:
@@ -703,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         manifest = pack(config)
-    except (InputError, MergeError) as error:
+    except (InputError, LabelsError, MergeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except DetectorUnavailable as error:

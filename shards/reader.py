@@ -39,7 +39,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset
 
 from shards.format import decode as decode_sample
-from shards.merge import MANIFEST_FILE, OPTIONS_FILE, read_json, stats_path
+from shards.layout import MANIFEST_FILE, OPTIONS_FILE, read_json, stats_path
 
 REMOTE_PREFIXES = ("http://", "https://", "pipe:", "s3://", "gs://", "hf://")
 

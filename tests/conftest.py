@@ -36,10 +36,9 @@ def synthetic_dataset(tmp_path_factory) -> Path:
 
 
 def tiny_extraction_args() -> list[str]:
-    from train.config import load_config
     from train.data import pack_arguments
 
-    return pack_arguments(load_config(TINY_CONFIG))
+    return pack_arguments(TINY_CONFIG)
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +56,6 @@ def packed_shards(synthetic_dataset, tmp_path_factory) -> Path:
 def tiny_run(packed_shards, tmp_path_factory) -> Path:
     """A `tiny` model trained on the synthetic train split; its best checkpoint is tiny_run / "best"."""
     out = tmp_path_factory.mktemp("tiny_run")
-    run([sys.executable, "train/main.py", "--config", TINY_CONFIG, "--train-shards", packed_shards / "train",
+    run([sys.executable, "-m", "train", "--config", TINY_CONFIG, "--train-shards", packed_shards / "train",
          "--val-shards", packed_shards / "val", "--out", out])
     return out

@@ -14,7 +14,8 @@ import math
 import cv2
 import numpy as np
 
-from train.config import AUDIO_SAMPLE_RATE, AugmentConfig
+from shards.extract import AUDIO_SAMPLE_RATE
+from train.config import AugmentConfig
 
 # Face-part bands in a square crop with margin 0.3 around the face box: (y0, y1, x0, x1) as fractions.
 FACE_PARTS = {

@@ -3,56 +3,32 @@
     cfg = load_config("configs/tiny.yaml", ["train.lr=3e-4", "--model.depth", "4"])
 
 A YAML file holds the sections ``model``, ``data``, ``loss``, ``train``, ``log`` (all optional; missing keys keep
-their defaults). ``model: seed_baseline`` is short for ``model: {name: seed_baseline}``. Unknown keys and values
-of the wrong type raise :class:`ConfigError` naming the file (or ``command line``) and the valid keys.
+their defaults). ``model: seed_baseline`` is short for ``model: {name: seed_baseline}``. A run's ``Config`` is the
+model library's ``ModelSpec`` (model, data, loss: ``models.config``) plus the ``train`` and ``log`` sections; its
+``data`` section adds the loader and augmentation options to the clip options. Unknown keys and values of the
+wrong type raise :class:`ConfigError` naming the file (or ``command line``) and the valid keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-MAX_PARAMS = 200_000_000  # competition rule: one model of at most 200M parameters (as measured with thop)
-AUDIO_SAMPLE_RATE = 16_000  # the shards' audio rate (contract)
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the file and the fix."""
-
-
-@dataclass
-class ModelConfig:
-    # Registry name (train.registry): av_transformer | seed_baseline.
-    name: str = "av_transformer"
-    # Visual encoder: any timm model, applied per frame with num_classes=0.
-    visual_backbone: str = "vit_small_patch16_224"
-    # Local file with ImageNet-1K weights for the visual backbone (random init when null; never downloads).
-    visual_pretrained: str | None = None
-    # Audio encoder: any timm model built with in_chans=1, applied to a log-Mel window per frame.
-    audio_backbone: str = "resnet18"
-    audio_pretrained: str | None = None
-    n_mels: int = 64
-    n_fft: int = 400  # 25 ms at 16 kHz
-    hop_length: int = 160  # 10 ms
-    # Audio token i: a window of this length centred on frame i's time (see the contract's timing).
-    audio_window_seconds: float = 0.64
-    dim: int = 384  # fusion transformer width
-    depth: int = 4
-    heads: int = 6
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    drop_path: float = 0.0  # stochastic depth inside the timm backbones (when they support it)
-    sync_dim: int = 128
-    sync_temperature: float = 0.07
-    grad_checkpointing: bool = False
-    # seed_baseline only: length of the audio crop/pad the spectrogram image is made from.
-    baseline_audio_seconds: float = 10.0
+from models.config import (
+    ConfigError,
+    InputConfig,
+    ModelSpec,
+    build_section,
+    coerce,
+    dump_yaml,
+    field_names,
+    field_types,
+    parse_text,
+)
 
 
 @dataclass
@@ -75,25 +51,15 @@ class AugmentConfig:
 
 
 @dataclass
-class DataConfig:
-    # Extraction options the shards were packed with; inference extracts with the same values.
-    frames: int = 16
-    size: int = 224
-    margin: float = 0.3
-    max_clip_seconds: float = 10.0
+class DataConfig(InputConfig):
+    # The clip options (frames, size, margin, max_clip_seconds: models.config.InputConfig) come first; these are
+    # the training data's.
     train_shards: str | None = None  # a folder of .tar shards (or --train-shards)
     val_shards: str | None = None
     workers: int = 4  # DataLoader workers per process
     shuffle_buffer: int = 256
     balance: bool = True  # sample both classes equally often in training
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-@dataclass
-class LossConfig:
-    aux: float = 0.5  # audio-only and visual-only heads
-    sync: float = 0.2  # InfoNCE of time-aligned audio/visual tokens on genuine clips
-    token: float = 0.1  # per-time token logits (multiple-instance loss)
 
 
 @dataclass
@@ -136,10 +102,8 @@ class LogConfig:
 
 
 @dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
+class Config(ModelSpec):
     data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -160,10 +124,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from error
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections {_field_names(Config)}")
+            raise ConfigError(f"{path}: the top level must be a mapping of sections {field_names(Config)}")
     if isinstance(raw.get("model"), str):
         raw["model"] = {"name": raw["model"]}
-    cfg = _build(Config, raw, source, prefix="")
+    cfg = build_section(Config, raw, source)
     for key, value in parse_overrides(overrides or []):
         set_value(cfg, key, value, source="command line")
     validate(cfg, source)
@@ -197,31 +161,27 @@ def set_value(cfg: Config, dotted: str, text: str, source: str = "command line")
     node: Any = cfg
     parts = dotted.replace("-", "_").split(".")
     for depth, part in enumerate(parts):
-        names = _field_names(type(node))
+        names = field_names(type(node))
         if part not in names:
             where = ".".join(parts[:depth]) or "the top level"
             raise ConfigError(f"{source}: unknown key {dotted!r}; valid keys in {where}: {', '.join(names)}")
         if depth == len(parts) - 1:
-            hint = _hints(type(node))[part]
+            hint = field_types(type(node))[part]
             if dataclasses.is_dataclass(hint):
                 raise ConfigError(f"{source}: {dotted!r} is a section; set one of its keys "
-                                  f"({', '.join(_field_names(hint))})")
+                                  f"({', '.join(field_names(hint))})")
             where = f"{source}: {dotted}"
             try:
-                value = _coerce(_parse_text(text), hint, where)
+                value = coerce(parse_text(text), hint, where)
             except ConfigError:
-                value = _coerce(text, hint, where)  # e.g. a name that YAML reads as a number
+                value = coerce(text, hint, where)  # e.g. a name that YAML reads as a number
             setattr(node, part, value)
         else:
             node = getattr(node, part)
 
 
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def dump_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    dump_yaml(cfg, path)
 
 
 def flatten(cfg: Config) -> dict[str, Any]:
@@ -235,7 +195,7 @@ def flatten(cfg: Config) -> dict[str, Any]:
         else:
             out[prefix] = value
 
-    walk("", to_dict(cfg))
+    walk("", dataclasses.asdict(cfg))
     return out
 
 
@@ -259,84 +219,3 @@ def validate(cfg: Config, source: str) -> None:
         file = getattr(cfg.model, name)
         need(file is None or Path(file).is_file(),
              f"model.{name} = {file!r} is not a file; give a local ImageNet-1K weight file or null")
-
-
-# --- building and type checking -------------------------------------------------------------------------------
-def _field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _build(cls: type, raw: Any, source: str, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "the top level"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {where} must be a mapping with keys {', '.join(_field_names(cls))}")
-    names, hints = _field_names(cls), _hints(cls)
-    unknown = [k for k in raw if k not in names]
-    if unknown:
-        raise ConfigError(f"{source}: unknown key {prefix + unknown[0]!r} in {where}; valid keys: {', '.join(names)}")
-    values = {}
-    for key, value in raw.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            values[key] = _build(hint, value or {}, source, f"{prefix}{key}.")
-        else:
-            values[key] = _coerce(value, hint, f"{source}: {prefix}{key}")
-    return cls(**values)
-
-
-def _parse_text(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as type ``hint`` (int, float, bool, str, Literal, list[T], X | None) or ConfigError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if errors else f"{where}: cannot be null")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], where) for v in value]
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    raise ConfigError(f"{where}: unsupported type {hint}")

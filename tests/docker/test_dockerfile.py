@@ -1,4 +1,4 @@
-"""Static checks of the Dockerfile; `make docker-check` (scripts/docker_check.py, in CI) builds and runs it."""
+"""Static checks of the Dockerfile; `make docker-check` (python -m scripts.docker_check, in CI) builds and runs it."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def test_trained_tiny_model_beats_chance_and_score_py_agrees_with_sklearn(test_s
     scores = {r["video_name"]: float(r["score"]) for r in read_rows(test_submission)}
     names = sorted(labels)
     auc = roc_auc_score([labels[n] for n in names], [scores[n] for n in names])
-    result = subprocess.run([sys.executable, "scripts/score.py", "--pred", str(test_submission), "--labels",
+    result = subprocess.run([sys.executable, "-m", "competition", "--pred", str(test_submission), "--labels",
                              str(synthetic_dataset / "test_labels.csv")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     scored = json.loads(result.stdout)
@@ -143,7 +143,8 @@ def test_no_video_and_bad_checkpoint_exit_nonzero_with_a_message(tiny_run, bad_f
 
 def test_explain_writes_aligned_overlays_and_a_page(synthetic_dataset, tiny_run, tmp_path):
     from infer.explain import overlay, saliency
-    from infer.predict import Predictor, extracted
+    from infer.predict import Predictor
+    from shards.pool import extracted
 
     predictor = Predictor(tiny_run / "best")
     video = sorted((synthetic_dataset / "test").glob("*.mp4"))[0]

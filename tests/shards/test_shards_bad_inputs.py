@@ -12,7 +12,7 @@ import pytest
 from scripts.synth.bad_inputs import BAD_INPUTS as EXPECTED
 from scripts.synth.bad_inputs import FAULT_ENV, NOT_AN_INPUT, write_bad_inputs
 from scripts.synth.media_factory import write_bytes, write_video
-from shards.merge import read_json
+from shards.layout import read_json
 from shards.reader import list_shards, make_dataset
 from tests.shards.conftest import PACK_OPTIONS, run_pack
 

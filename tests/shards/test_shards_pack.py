@@ -12,7 +12,7 @@ import torch
 from shards.extract import ExtractOptions, extract
 from shards.faces import FaceDetector
 from shards.format import clip_to_sample
-from shards.merge import read_json
+from shards.layout import read_json
 from shards.pack import estimate_sample_bytes
 from shards.reader import list_shards, make_dataset
 from tests.shards.conftest import GOOD_VIDEOS, PACK_OPTIONS, run_pack

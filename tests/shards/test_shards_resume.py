@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from shards.merge import merge, read_json
+from shards.layout import read_json
+from shards.merge import merge
 from shards.reader import list_shards, make_dataset
 from tests.shards.conftest import GOOD_VIDEOS, PACK_OPTIONS, run_pack
 

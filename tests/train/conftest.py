@@ -92,7 +92,7 @@ def run_cli(args: list, env: dict | None = None, timeout: int = 240) -> subproce
 
 
 def train_cmd(shards: dict, out: Path, *extra: str) -> list:
-    return [sys.executable, "train/main.py", "--config", "configs/tiny.yaml", "--train-shards", shards["train"],
+    return [sys.executable, "-m", "train", "--config", "configs/tiny.yaml", "--train-shards", shards["train"],
             "--val-shards", shards["val"], "--out", out, *TINY_TEST_OVERRIDES, *extra]
 
 

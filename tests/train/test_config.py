@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from train.config import MAX_PARAMS, ConfigError, load_config, parse_overrides
-from train.registry import check_size
+from models.counting import MAX_PARAMS, check_size
+from train.config import ConfigError, load_config, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))

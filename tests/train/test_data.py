@@ -1,4 +1,4 @@
-"""prepare / collate (shared with inference) and the augmentations."""
+"""The batch a model takes (models.batch: prepare / collate, shared with inference) and the training augmentations."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from models.batch import collate, modality_labels, prepare
 from tests.train.conftest import FRAMES, SIZE, decoded, make_sample
 from train.config import load_config
-from train.data import collate, modality_labels, prepare
+from train.data import prepare_train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,8 +27,8 @@ def sample(i: int, label: int = 1, **kwargs) -> dict:
 
 
 def test_eval_transform_shapes_and_masks(cfg):
-    batch = collate([prepare(sample(0), cfg), prepare(sample(1, 0, has_face=False), cfg),
-                     prepare(sample(2, 1, has_audio=False), cfg)])
+    batch = collate([prepare(sample(0), cfg.data), prepare(sample(1, 0, has_face=False), cfg.data),
+                     prepare(sample(2, 1, has_audio=False), cfg.data)])
     assert batch["frames"].shape == (3, FRAMES, 3, SIZE, SIZE) and batch["frames"].dtype == torch.uint8
     assert batch["audio"].shape == (3, 32_000)  # padded to data.max_clip_seconds
     assert batch["audio_length"].tolist() == [16_000, 16_000, 0]
@@ -40,27 +41,25 @@ def test_eval_transform_shapes_and_masks(cfg):
 
 def test_eval_transform_is_deterministic_and_lossless(cfg):
     s = sample(3)
-    a, b = prepare(s, cfg), prepare(s, cfg)
+    a, b = prepare(s, cfg.data), prepare(s, cfg.data)
     assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["frames"], s["frames"])
     assert torch.equal(a["audio"][:16_000], s["audio"])
 
 
 def test_augmentation_depends_only_on_the_rng(cfg):
     s = sample(4)
-    one = prepare(s, cfg, train=True, rng=np.random.default_rng([0, 1, 2]))
-    same = prepare(s, cfg, train=True, rng=np.random.default_rng([0, 1, 2]))
+    one = prepare_train(s, cfg, np.random.default_rng([0, 1, 2]))
+    same = prepare_train(s, cfg, np.random.default_rng([0, 1, 2]))
     assert torch.equal(one["frames"], same["frames"]) and torch.equal(one["audio"], same["audio"])
     assert torch.equal(one["visual_mask"], same["visual_mask"])
-    others = [prepare(s, cfg, train=True, rng=np.random.default_rng([0, 1, k])) for k in range(3, 8)]
+    others = [prepare_train(s, cfg, np.random.default_rng([0, 1, k])) for k in range(3, 8)]
     assert any(not torch.equal(one["frames"], o["frames"]) for o in others)
-    with pytest.raises(ValueError, match="needs an rng"):
-        prepare(s, cfg, train=True)
 
 
 def test_temporal_crop_keeps_a_contiguous_run(cfg):
     s = sample(5)
     for k in range(30):
-        keep = prepare(s, cfg, train=True, rng=np.random.default_rng(k))["visual_mask"].numpy()
+        keep = prepare_train(s, cfg, np.random.default_rng(k))["visual_mask"].numpy()
         assert keep.sum() >= int(np.ceil(cfg.data.augment.min_keep * FRAMES))
         kept = np.flatnonzero(keep)
         assert (np.diff(kept) == 1).all()
@@ -69,7 +68,7 @@ def test_temporal_crop_keeps_a_contiguous_run(cfg):
 def test_wrong_extraction_options_fail_clearly(cfg):
     other = load_config(ROOT / "configs" / "tiny.yaml", ["data.frames=8", f"data.size={SIZE}"])
     with pytest.raises(ValueError, match=r"data.frames, data.size.*repack"):
-        prepare(sample(6), other)
+        prepare(sample(6), other.data)
 
 
 def test_modality_labels_from_a_category():

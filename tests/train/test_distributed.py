@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 import torch
 
+from models.batch import collate, prepare
+from models.checkpoint import load_for_inference
 from tests.train.conftest import ROOT, TINY_TEST_OVERRIDES, decoded, run_cli, train_cmd
-from train.checkpoint import load_for_inference
-from train.data import collate, prepare
-from train.main import optimizer_kernel
+from train.parts import optimizer_kernel
 
 COMMON = ["log.mlflow=false", "log.plots=false"]  # MLflow and plots are covered in test_training.py
 # fp32, two micro-batches per step and EMA: what the DeepSpeed config must get right to match DDP
@@ -46,7 +46,7 @@ def free_port() -> int:
 
 def launch(config: str, shards: dict, out: Path, extra: list[str], processes: int = 2, port: int | None = None,
            machine_rank: int | None = None) -> list:
-    """``accelerate launch`` of train/main.py with a project accelerate config; only counts and addresses change."""
+    """``accelerate launch -m train`` with a project accelerate config; only counts and addresses change."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"configs/accelerate/{config}",
            "--num_processes", str(processes), "--main_process_port", str(port or free_port())]
     if machine_rank is not None:
@@ -189,7 +189,7 @@ def test_ddp_bf16_autocast_learns_and_saves_a_loadable_checkpoint(ddp_bf16, tiny
                 members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
         samples += [decoded(s) for s in members.values()]
     with torch.no_grad():
-        logits = model(collate([prepare(s, cfg) for s in samples]))["logit"]
+        logits = model(collate([prepare(s, cfg.data) for s in samples]))["logit"]
     assert torch.isfinite(logits).all() and logits.std() > 0
 
 
@@ -220,7 +220,7 @@ def test_train_sh_launch_choice(gpus, deepspeed, config, processes, tmp_path):
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
     from train.config import load_config
-    from train.main import parse_args
+    from train.loop import parse_args
 
     data = tmp_path / "data"
     for folder in ("train", "val"):
@@ -234,12 +234,13 @@ def test_train_sh_launch_choice(gpus, deepspeed, config, processes, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("[train.sh] dry run: "))
     command = shlex.split(line.removeprefix("[train.sh] dry run: "))
-    start, script = command.index("accelerate.commands.launch") + 1, command.index("train/main.py")
-    launch_args = command[start:script]
+    start, script = command.index("accelerate.commands.launch") + 1, command.index("train")
+    assert command[script - 1] == "-m"  # accelerate launch -m train
+    launch_args = command[start:script - 1]
     assert launch_args[:2] == ["--config_file", f"configs/accelerate/{config}"]
     launch_args[1] = str(ROOT / launch_args[1])
     # accelerate reads the file and the flags exactly as `accelerate launch` does (a wrong name or flag fails)
-    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args([*launch_args, "train/main.py"]))
+    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args([*launch_args, "-m", "train"]))
     assert args.num_processes == processes
     assert bool(args.use_deepspeed) == (deepspeed == "1")
     assert bool(args.multi_gpu) == (config == "multi_gpu.yaml")
@@ -247,7 +248,7 @@ def test_train_sh_launch_choice(gpus, deepspeed, config, processes, tmp_path):
     assert args.mixed_precision == ("no" if config == "cpu.yaml" else "bf16")
     if deepspeed == "1":
         assert int(args.zero_stage) == 2
-    train_args, overrides = parse_args(command[script + 1:])  # and train/main.py takes the rest
+    train_args, overrides = parse_args(command[script + 1:])  # and python -m train takes the rest
     load_config(ROOT / train_args.config, overrides)
 
 
@@ -256,8 +257,10 @@ import collections, itertools, json, torch
 from accelerate import Accelerator
 from torch.utils._python_dispatch import TorchDispatchMode
 from train.config import load_config
-from train.main import EMA, Window, optimizer_kernel, train_step
-from train.registry import create_model, example_batch
+from models import create_model
+from models.batch import example_batch
+from train.loop import Window, train_step
+from train.parts import EMA, optimizer_kernel
 
 class Reads(TorchDispatchMode):  # the ops that make the host wait for the device
     def __init__(self):
@@ -274,7 +277,7 @@ model = create_model(cfg)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, **optimizer_kernel(torch.device("cuda")))
 model, optimizer = accelerator.prepare(model, optimizer)
 ema, window = EMA(model, 0.9), Window()
-batches = itertools.repeat(example_batch(cfg, 2))
+batches = itertools.repeat(example_batch(cfg.data, 2))
 with Reads() as reads:
     for step in range(3):
         loss, parts, grad_norm, data_time = train_step(model, model, optimizer, batches, accelerator, cfg.train)

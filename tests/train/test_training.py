@@ -1,4 +1,4 @@
-"""train/main.py end to end on tiny shards: single process, resume (stop and kill -9), the MLflow store, the best
+"""python -m train end to end on tiny shards: single process, resume (stop and kill -9), the MLflow store, the best
 checkpoint for inference, and the start-up errors. Multi-process launches (DDP, DeepSpeed, several nodes) are in
 test_distributed.py."""
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from competition import compute_metrics
+from models.checkpoint import load_for_inference
 from tests.train.conftest import ROOT, TINY_TEST_OVERRIDES, run_cli, train_cmd
-from train.checkpoint import load_for_inference
-from train.metrics import compute_metrics
 
 # dropout, EMA, a worker process and gradient accumulation: everything exact resumption has to get right
 RUN_ARGS = ["data.workers=1", "model.dropout=0.1", "train.ema=true", "train.ema_decay=0.5", "train.grad_accum=2",
@@ -117,8 +117,8 @@ def test_mlflow_store_holds_the_run(full_run):
 def test_best_checkpoint_reproduces_its_validation_metrics(full_run, tiny_shards):
     import tarfile
 
+    from models.batch import collate, prepare
     from tests.train.conftest import decoded
-    from train.data import collate, prepare
 
     model, cfg = load_for_inference(full_run / "best")
     assert not model.training and cfg.data.frames == 4
@@ -130,7 +130,7 @@ def test_best_checkpoint_reproduces_its_validation_metrics(full_run, tiny_shards
                 key, _, ext = m.name.partition(".")
                 members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(m).read()
         samples += [decoded(s) for s in members.values()]
-    batch = collate([prepare(s, cfg) for s in samples])
+    batch = collate([prepare(s, cfg.data) for s in samples])
     with torch.no_grad():
         scores = torch.sigmoid(model(batch)["logit"]).numpy()
     recomputed = compute_metrics(batch["label"].numpy(), scores)
@@ -171,14 +171,14 @@ def test_broken_checkpoints_fail_clearly(full_run, tmp_path):
     (["train.lrr=1"], "command line: unknown key 'train.lrr'"),
 ])
 def test_startup_errors_are_clear(tiny_shards, tmp_path, extra, message, capsys):
-    from train.main import main
+    from train.loop import main
 
-    assert main([str(a) for a in train_cmd(tiny_shards, tmp_path / "bad", *extra)[2:]]) == 2
+    assert main([str(a) for a in train_cmd(tiny_shards, tmp_path / "bad", *extra)[3:]]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_missing_shards_are_reported(tmp_path, capsys):
-    from train.main import main
+    from train.loop import main
 
     empty = tmp_path / "empty"
     empty.mkdir()

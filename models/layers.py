@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
-from train.config import AUDIO_SAMPLE_RATE
+from shards.extract import AUDIO_SAMPLE_RATE
 
 
 class LogMel(nn.Module):

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from models import create_model, list_models
+from models.batch import collate, example_batch, prepare
+from models.layers import audio_windows
 from train.config import load_config
-from train.data import collate, prepare
-from train.layers import audio_windows
-from train.registry import create_model, example_batch, list_models
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -29,7 +29,7 @@ def test_registry_lists_both_models():
 
 def test_output_contract(tiny):
     model, cfg = tiny
-    batch = example_batch(cfg, 3)
+    batch = example_batch(cfg.data, 3)
     out = model(batch)
     t = cfg.data.frames
     shapes = {"logit": (3,), "audio_logit": (3,), "visual_logit": (3,), "visual_token_logits": (3, t),
@@ -46,7 +46,7 @@ def test_output_contract(tiny):
 @torch.no_grad()
 def test_missing_modality_is_masked_not_zeroed(tiny):
     model, cfg = tiny
-    batch = example_batch(cfg, 2)
+    batch = example_batch(cfg.data, 2)
     batch["audio_mask"][0] = False  # clip 0 has no audio
     batch["visual_mask"][1] = False  # clip 1 has no face
     base = model(batch)
@@ -83,7 +83,7 @@ def test_audio_windows_are_centred_on_frame_times():
 def test_baseline_scores_are_the_logit_difference():
     cfg = load_config(ROOT / "configs" / "baseline.yaml")
     model = create_model(cfg).eval()
-    batch = example_batch(cfg, 2)
+    batch = example_batch(cfg.data, 2)
     with torch.no_grad():
         out = model(batch)
     assert torch.allclose(out["logit"], out["logits"][:, 1] - out["logits"][:, 0])
@@ -98,7 +98,7 @@ def test_bf16_model_runs(tiny):
     half = copy.deepcopy(model).to(torch.bfloat16)
     assert half.logmel.mel.spectrogram.window.dtype == torch.float32
     with torch.no_grad():
-        out = half(example_batch(cfg, 2))
+        out = half(example_batch(cfg.data, 2))
     assert torch.isfinite(out["logit"]).all()
 
 
@@ -112,7 +112,7 @@ def test_tiny_overfits_a_handful_of_clips():
     torch.manual_seed(0)
     model = create_model(cfg).train()
     rng = np.random.default_rng(0)
-    batch = collate([prepare(decoded(make_sample(i, i % 2, rng)), cfg) for i in range(6)])
+    batch = collate([prepare(decoded(make_sample(i, i % 2, rng)), cfg.data) for i in range(6)])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from train.config import MAX_PARAMS
+from models.counting import MAX_PARAMS
+from scripts import count_params
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
@@ -16,10 +16,7 @@ MODEL_CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml"))
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("count_params", ROOT / "scripts" / "count_params.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return count_params
 
 
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.name)

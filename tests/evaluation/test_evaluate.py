@@ -1,4 +1,4 @@
-"""scripts/evaluate.py on tiny data: every subcommand runs the real pipeline and writes its JSON/CSV/PNG.
+"""python -m evaluation on tiny data: every subcommand runs the real pipeline and writes its JSON/CSV/PNG.
 
 The shortcut audit gets a planted shortcut: a small competition-format folder written here with PyAV where every
 fake starts with silence (and nothing else differs), which it must flag, and nothing else.
@@ -15,17 +15,18 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from evaluation_demo import GENERALITY_ARGS, ROBUSTNESS_ARGS, SPEED_ARGS, build_demo
 
-from infer import evaluation as ev
+from competition import REAL_CATEGORY, TPR_KEY
+from evaluation.common import binary_metrics, group_metrics, read_csv_rows, read_meta
+from evaluation.shortcuts import FEATURES, media_features, shortcut_audit
+from tests.evaluation.evaluation_demo import GENERALITY_ARGS, ROBUSTNESS_ARGS, SPEED_ARGS, build_demo
 
 ROOT = Path(__file__).resolve().parents[2]
-EVALUATE = ROOT / "scripts" / "evaluate.py"
 
 
 def evaluate(*args, expect: int = 0) -> subprocess.CompletedProcess:
-    """Run scripts/evaluate.py; a wrong exit code fails the test with the command's output."""
-    cmd = [sys.executable, str(EVALUATE), *map(str, args)]
+    """Run python -m evaluation; a wrong exit code fails the test with the command's output."""
+    cmd = [sys.executable, "-m", "evaluation", *map(str, args)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == expect, (f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n"
                                          f"{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}")
@@ -78,7 +79,7 @@ def planted(tmp_path_factory) -> Path:
 
 def test_leading_silence_is_measured_from_the_decoded_audio(planted):
     fake = next(p for p in sorted((planted / "test").iterdir()) if int(p.stem, 16) == 5)
-    features = ev.media_features(fake)
+    features = media_features(fake)
     assert features["leading_silence"] == pytest.approx(0.5 + 0.025 * 5 / 2, abs=0.03)
     assert features["duration"] == pytest.approx(1.5, abs=0.05)
     assert (features["width"], features["height"], features["fps"], features["sample_rate"]) == (64, 64, 10, 16000)
@@ -103,11 +104,11 @@ def test_shortcut_audit_flags_the_planted_leading_silence(planted):
 
 
 def test_feature_auc_is_direction_free():
-    features = {f"v{i}": {name: 0.0 for name in ev.FEATURES} for i in range(6)}
+    features = {f"v{i}": {name: 0.0 for name in FEATURES} for i in range(6)}
     for i in range(6):
         features[f"v{i}"]["duration"] = 10.0 - i  # fakes (i >= 3) are shorter
     labels = {f"v{i}": int(i >= 3) for i in range(6)}
-    audit = ev.shortcut_audit(features, labels, threshold=0.7)
+    audit = shortcut_audit(features, labels, threshold=0.7)
     duration = audit["features"]["duration"]
     assert duration["auc"] == 0.0 and duration["separability"] == 1.0
     assert duration["direction"] == "lower in fakes" and audit["flagged"] == ["duration"]
@@ -115,16 +116,16 @@ def test_feature_auc_is_direction_free():
 
 def test_group_metrics_score_genuine_against_each_group():
     meta = [{"video_name": f"v{i}.mp4", "split": "test", "target": str(t), "category": c, "method": m}
-            for i, (t, c, m) in enumerate([(0, ev.REAL_CATEGORY, "real")] * 3 + [(1, "RealVideo-FakeAudio", "voice")] * 2
+            for i, (t, c, m) in enumerate([(0, REAL_CATEGORY, "real")] * 3 + [(1, "RealVideo-FakeAudio", "voice")] * 2
                                           + [(1, "FakeVideo-RealAudio", "swap")] * 2)]
     # an audio head that ranks voice fakes above every genuine video, and swap fakes below them
     audio = [0.3, 0.4, 0.5, 0.9, 0.8, 0.1, 0.2]
     scores = {f"v{i}.mp4": {"score": 0.5, "audio_score": a, "visual_score": None} for i, a in enumerate(audio)}
-    by_category = ev.group_metrics(meta, scores, "audio_score", "category")
+    by_category = group_metrics(meta, scores, "audio_score", "category")
     assert by_category["RealVideo-FakeAudio"]["auc"] == 1.0 and by_category["FakeVideo-RealAudio"]["auc"] == 0.0
     assert by_category["RealVideo-FakeAudio"]["n"] == 5 and by_category["all"]["n_fake"] == 4
-    assert ev.group_metrics(meta, scores, "visual_score", "method") == {"all": {"n": 0, "n_fake": 0, "auc": None,
-                                                                                ev.TPR_KEY: None}}
+    assert group_metrics(meta, scores, "visual_score", "method") == {"all": {"n": 0, "n_fake": 0, "auc": None,
+                                                                                TPR_KEY: None}}
 
 
 # --- the real pipeline on the session's tiny data ----------------------------------------------------------------
@@ -136,7 +137,7 @@ def demo(synthetic_dataset, packed_shards, tiny_run, tmp_path_factory) -> Path:
 def test_modality_per_head_and_category(demo):
     evaluate("modality", "--demo-dir", demo)
     result = json.loads((demo / "eval" / "modality.json").read_text())
-    meta = ev.read_meta(demo / "data")
+    meta = read_meta(demo / "data")
     genuine = sum(r["split"] == "test" and r["target"] == "0" for r in meta)
     tiny, baseline = result["models"]["tiny"], result["models"]["baseline"]
     assert set(tiny["heads"]) == {"fused", "audio", "visual"}
@@ -157,10 +158,10 @@ def test_robustness_table_and_plot(demo):
     assert [(c["perturbation"], c["level"]) for c in result["conditions"]] == [
         (p, lv) for p in ("gaussian_blur", "h264_crf", "noise_snr_db", "aac_kbps") for lv in (1, 5)]
     # clean scores are the submission's: the same extraction and the same Predictor
-    submission = {r["video_name"]: float(r["score"]) for r in ev.read_csv_rows(demo / "submissions" / "tiny.csv")}
-    labels = {r["video_name"]: int(r["target"]) for r in ev.read_csv_rows(demo / "data" / "test_labels.csv")}
+    submission = {r["video_name"]: float(r["score"]) for r in read_csv_rows(demo / "submissions" / "tiny.csv")}
+    labels = {r["video_name"]: int(r["target"]) for r in read_csv_rows(demo / "data" / "test_labels.csv")}
     names = sorted(labels)
-    expected = ev.binary_metrics([labels[n] for n in names], [submission[n] for n in names])["auc"]
+    expected = binary_metrics([labels[n] for n in names], [submission[n] for n in names])["auc"]
     assert result["clean"]["fused"]["auc"] == pytest.approx(expected, abs=1e-3)
     for c in result["conditions"]:
         assert 0.0 <= c["auc"] <= 1.0 and c["kind"] == ("audio" if c["perturbation"] in ("noise_snr_db", "aac_kbps")
@@ -168,7 +169,7 @@ def test_robustness_table_and_plot(demo):
         # a perturbation of one modality cannot move the head that never sees it
         untouched = "visual" if c["kind"] == "audio" else "audio"
         assert c["heads"][untouched] == pytest.approx(result["clean"][untouched]["auc"], abs=1e-9)
-    table = ev.read_csv_rows(demo / "eval" / "robustness.csv")
+    table = read_csv_rows(demo / "eval" / "robustness.csv")
     assert table[0]["perturbation"] == "clean" and len(table) == 1 + len(result["conditions"])
     assert (demo / "eval" / "robustness.png").stat().st_size > 0
 
@@ -177,7 +178,7 @@ def test_generality_holds_methods_out_of_training(demo):
     evaluate("generality", "--demo-dir", demo, "--workers", 2, *GENERALITY_ARGS)
     result = json.loads((demo / "eval" / "generality.json").read_text())
     (experiment,) = result["experiments"]
-    meta = ev.read_meta(demo / "data")
+    meta = read_meta(demo / "data")
     assert experiment["held_out"] == ["lip_sync"]
     assert experiment["train_videos"] == sum(r["split"] == "train" and r["method"] != "lip_sync" for r in meta)
     work = demo / "eval" / "generality" / "holdout-lip_sync"

@@ -39,7 +39,7 @@ def build_demo(demo: Path, dataset: Path, shards: Path, tiny_run: Path) -> Path:
             link.symlink_to(target)
     baseline = demo / "runs" / "baseline"
     if not (baseline / "metrics.json").is_file():
-        run([sys.executable, "train/main.py", "--config", "configs/baseline.yaml", "--train-shards", shards / "train",
+        run([sys.executable, "-m", "train", "--config", "configs/baseline.yaml", "--train-shards", shards / "train",
              "--val-shards", shards / "val", "--out", baseline, *BASELINE_OVERRIDES])
     for name in ("baseline", "tiny"):
         run([sys.executable, "-m", "infer", "--videos", dataset / "test", "--checkpoint", demo / "runs" / name / "best",

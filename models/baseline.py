@@ -11,15 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.config import AUDIO_SAMPLE_RATE, Config
-from train.layers import LogMel, masked_mean
-from train.registry import register_model, timm_backbone
+from models.config import ModelSpec
+from models.layers import LogMel, masked_mean
+from models.registry import register_model, timm_backbone
+from shards.extract import AUDIO_SAMPLE_RATE
 
 
 class SeedBaseline(nn.Module):
-    def __init__(self, cfg: Config):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
-        m = cfg.model
+        m = spec.model
         self.samples = int(round(m.baseline_audio_seconds * AUDIO_SAMPLE_RATE))
         self.logmel = LogMel(m.n_mels, m.n_fft, m.hop_length)
         self.backbone = timm_backbone(m.audio_backbone, m.audio_pretrained, in_chans=1)
@@ -43,5 +44,5 @@ class SeedBaseline(nn.Module):
 
 
 @register_model("seed_baseline")
-def build_seed_baseline(cfg: Config) -> nn.Module:
-    return SeedBaseline(cfg)
+def build_seed_baseline(spec: ModelSpec) -> nn.Module:
+    return SeedBaseline(spec)

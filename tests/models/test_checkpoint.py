@@ -1,4 +1,5 @@
-"""Checkpoint files are readable by other users: a container's user loads what the host's root wrote."""
+"""The best checkpoint (models.checkpoint): files readable by other users (a container's user loads what the host's
+root wrote), whatever the umask."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from train.checkpoint import load_for_inference, save_best
+from models.checkpoint import load_for_inference, save_best
 from train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]

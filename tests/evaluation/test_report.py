@@ -1,4 +1,4 @@
-"""scripts/make_report.py on the session's tiny demo folder: every section, every figure, numbers from files."""
+"""python -m evaluation.report on the session's tiny demo folder: every section, every figure, numbers from files."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from evaluation_demo import GENERALITY_ARGS, ROBUSTNESS_ARGS, SPEED_ARGS, build_demo
 
-from infer import evaluation as ev
+from evaluation.common import binary_metrics, read_csv_rows
+from tests.evaluation.evaluation_demo import GENERALITY_ARGS, ROBUSTNESS_ARGS, SPEED_ARGS, build_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "report" / "template.md"
@@ -22,7 +22,7 @@ FIGURES = ["training_curves.png", "roc_test.png", "generality.png", "robustness.
 
 
 def make_report(*args, expect: int = 0) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "scripts" / "make_report.py"), *map(str, args)]
+    cmd = [sys.executable, "-m", "evaluation.report", *map(str, args)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == expect, (f"{' '.join(cmd)} exited {result.returncode}\n--- stdout\n"
                                          f"{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-3000:]}")
@@ -73,10 +73,10 @@ def test_every_figure_is_a_generated_png(report):
 def test_numbers_come_from_the_runs_and_evaluations(report, demo):
     markdown = (report / "report.md").read_text()
     summary = sections(markdown)["1. Summary"]
-    labels = {r["video_name"]: int(r["target"]) for r in ev.read_csv_rows(demo / "data" / "test_labels.csv")}
+    labels = {r["video_name"]: int(r["target"]) for r in read_csv_rows(demo / "data" / "test_labels.csv")}
     for name in ("baseline", "tiny"):
-        scores = {r["video_name"]: float(r["score"]) for r in ev.read_csv_rows(demo / "submissions" / f"{name}.csv")}
-        auc = ev.binary_metrics([labels[n] for n in sorted(labels)], [scores[n] for n in sorted(labels)])["auc"]
+        scores = {r["video_name"]: float(r["score"]) for r in read_csv_rows(demo / "submissions" / f"{name}.csv")}
+        auc = binary_metrics([labels[n] for n in sorted(labels)], [scores[n] for n in sorted(labels)])["auc"]
         row = next(line for line in summary.splitlines() if line.startswith(f"| {name} |"))
         assert f"| {auc:.3f} |" in row
     import json

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 
-AUDIO_RATE = 16_000
+from shards.extract import AUDIO_SAMPLE_RATE
+
 LEVELS = 5
 VIDEO_LEVELS: dict[str, list[float]] = {
     "saturation": [0.4, 0.3, 0.2, 0.1, 0.0],
@@ -111,12 +112,12 @@ def noise_snr_db(audio: np.ndarray, snr_db: float, rng: np.random.Generator) -> 
 
 
 def lowpass_hz(audio: np.ndarray, cutoff: float, rng: np.random.Generator) -> np.ndarray:
-    return AF.lowpass_biquad(torch.from_numpy(audio), AUDIO_RATE, float(cutoff)).numpy().astype(np.float32)
+    return AF.lowpass_biquad(torch.from_numpy(audio), AUDIO_SAMPLE_RATE, float(cutoff)).numpy().astype(np.float32)
 
 
 def resample_hz(audio: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
-    down = AF.resample(torch.from_numpy(audio), AUDIO_RATE, int(rate))
-    return AF.resample(down, int(rate), AUDIO_RATE)[: len(audio)].numpy().astype(np.float32)
+    down = AF.resample(torch.from_numpy(audio), AUDIO_SAMPLE_RATE, int(rate))
+    return AF.resample(down, int(rate), AUDIO_SAMPLE_RATE)[: len(audio)].numpy().astype(np.float32)
 
 
 def aac_kbps(audio: np.ndarray, kbps: float, rng: np.random.Generator) -> np.ndarray:
@@ -125,11 +126,11 @@ def aac_kbps(audio: np.ndarray, kbps: float, rng: np.random.Generator) -> np.nda
 
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="adts") as container:
-        stream = container.add_stream("aac", rate=AUDIO_RATE)
+        stream = container.add_stream("aac", rate=AUDIO_SAMPLE_RATE)
         stream.bit_rate = int(kbps * 1000)
         stream.layout = "mono"
         frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1).astype(np.float32), format="flt", layout="mono")
-        frame.sample_rate = AUDIO_RATE
+        frame.sample_rate = AUDIO_SAMPLE_RATE
         for packet in stream.encode(frame):
             container.mux(packet)
         container.mux(stream.encode(None))

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from train.config import AUDIO_SAMPLE_RATE, Config
-from train.layers import FusionBlock, LogMel, audio_windows, bce, masked_mean
-from train.registry import register_model, timm_backbone
+from models.config import ModelSpec
+from models.layers import FusionBlock, LogMel, audio_windows, bce, masked_mean
+from models.registry import register_model, timm_backbone
+from shards.extract import AUDIO_SAMPLE_RATE
 
 
 def _backbone(name: str, pretrained: str | None, drop_path: float, **kwargs) -> nn.Module:
@@ -46,11 +47,11 @@ class AVTransformer(nn.Module):
     # DeepSpeed (data_types.keep_in_fp32_modules "auto") keeps these buffers in float32 under bf16.
     _keep_in_fp32_modules_strict = ["pixel_mean", "pixel_std"]
 
-    def __init__(self, cfg: Config):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
-        m = cfg.model
-        self.frames, self.dim = cfg.data.frames, m.dim
-        self.visual = _backbone(m.visual_backbone, m.visual_pretrained, m.drop_path, img_size=cfg.data.size)
+        m = spec.model
+        self.frames, self.dim = spec.data.frames, m.dim
+        self.visual = _backbone(m.visual_backbone, m.visual_pretrained, m.drop_path, img_size=spec.data.size)
         self.audio = _backbone(m.audio_backbone, m.audio_pretrained, m.drop_path, in_chans=1)
         if m.grad_checkpointing:
             for backbone in (self.visual, self.audio):
@@ -79,7 +80,7 @@ class AVTransformer(nn.Module):
         self.sync_visual = nn.Linear(d, m.sync_dim)
         self.sync_audio = nn.Linear(d, m.sync_dim)
         self.sync_temperature = m.sync_temperature
-        self.loss_weights = cfg.loss
+        self.loss_weights = spec.loss
         for p in (self.cls_token, self.time_embed, self.modality_embed):
             nn.init.trunc_normal_(p, std=0.02)
         for module in [self.visual_proj, self.audio_proj, self.blocks, self.norm, self.head, self.audio_head,
@@ -217,6 +218,6 @@ def _init_weights(module: nn.Module) -> None:
 
 
 @register_model("av_transformer")
-def build_av_transformer(cfg: Config) -> nn.Module:
-    return AVTransformer(cfg)
+def build_av_transformer(spec: ModelSpec) -> nn.Module:
+    return AVTransformer(spec)
 

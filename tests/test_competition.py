@@ -1,12 +1,32 @@
-"""train/metrics.py against scikit-learn and hand-built ROC curves."""
+"""competition.py: the metrics against scikit-learn and hand-built ROC curves, the strict readers, the writers and
+the command line."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
-from train.metrics import compute_metrics, equal_error_rate, tpr_at_fpr
+from competition import (
+    LabelsError,
+    check_data,
+    compute_metrics,
+    equal_error_rate,
+    read_labels,
+    read_submission,
+    read_template,
+    score_submission,
+    tpr_at_fpr,
+    write_labels,
+    write_submission,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_matches_sklearn_on_random_scores():
@@ -86,3 +106,72 @@ def test_tpr_at_fpr_1e3_inside_a_tied_segment():
     scores = np.array([0.9] * 4 + [0.5] * 6 + [0.9] * 2 + [0.1] * 998)
     assert tpr_at_fpr(labels, scores) == pytest.approx(0.2)
     assert compute_metrics(labels, scores)["tpr_at_fpr_1e-3"] == pytest.approx(0.2)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_labels_round_trip_and_blank_lines(tmp_path):
+    path = write_labels(tmp_path / "train_labels.csv", [("b.mp4", 1), ("a.mp4", 0)])
+    assert path.read_text() == "video_name,target\nb.mp4,1\na.mp4,0\n"
+    write(path, path.read_text() + "\n")
+    assert read_labels(path) == {"b.mp4": 1, "a.mp4": 0}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name,target\na.mp4,1\n", "expected `video_name,target`"),
+    ("video_name,target\na.mp4,2\n", ":2: target '2' for a.mp4 is not 0 or 1"),
+    ("video_name,target\na.mp4,1.0\n", "not 0 or 1"),
+    ("video_name,target\na.mp4,1\na.mp4,0\n", "duplicate video names: a.mp4 (lines 2 and 3)"),
+    ("video_name,target\n,1\n", ":2: empty video_name"),
+    ("video_name,target\na.mp4\n", ":2: expected at least 2 columns"),
+])
+def test_labels_reader_is_strict_and_names_file_and_line(tmp_path, text, message):
+    path = write(tmp_path / "labels.csv", text)
+    with pytest.raises(LabelsError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+        read_labels(path)
+    assert str(path) in str(error.value)
+
+
+def test_submission_writer_reader_and_score(tmp_path):
+    sub = write_submission(tmp_path / "submission.csv", [("a.mp4", 0.1234567), ("b.mp4", 0.9)])
+    assert sub.read_text() == "video_name,score\na.mp4,0.123457\nb.mp4,0.900000\n"
+    assert read_submission(sub) == {"a.mp4": 0.123457, "b.mp4": 0.9}
+    labels = write_labels(tmp_path / "labels.csv", [("a.mp4", 0), ("b.mp4", 1)])
+    assert score_submission(sub, labels)["auc"] == 1.0
+    write_labels(labels, [("a.mp4", 0), ("c.mp4", 1)])
+    with pytest.raises(LabelsError, match="1 video\\(s\\) missing"):
+        score_submission(sub, labels)
+    with pytest.raises(LabelsError, match="not a number in \\[0, 1\\]"):
+        read_submission(write(tmp_path / "bad.csv", "video_name,score\na.mp4,nan\n"))
+
+
+def test_template_keeps_order_and_refuses_duplicates(tmp_path):
+    assert read_template(write(tmp_path / "t.csv", "video_name,score\nb.mp4,0\na.mp4,0\n")) == ["b.mp4", "a.mp4"]
+    with pytest.raises(LabelsError, match="duplicate"):
+        read_template(write(tmp_path / "d.csv", "video_name\na.mp4\na.mp4\n"))
+
+
+def test_check_data_names_what_is_missing(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "a.mp4").write_bytes(b"")
+    write_labels(tmp_path / "train_labels.csv", [("a.mp4", 1)])
+    assert check_data(tmp_path, ["train"]) == {"train": {"videos": 1, "fake": 1}}
+    with pytest.raises(LabelsError, match="val is missing"):
+        check_data(tmp_path)
+    write_labels(tmp_path / "train_labels.csv", [("a.mp4", 1), ("gone.mp4", 0)])
+    with pytest.raises(LabelsError, match="1 labelled videos are not in"):
+        check_data(tmp_path, ["train"])
+
+
+def test_command_line_scores_and_checks(tmp_path):
+    sub = write_submission(tmp_path / "s.csv", [("a.mp4", 0.2), ("b.mp4", 0.7)])
+    labels = write_labels(tmp_path / "l.csv", [("a.mp4", 0), ("b.mp4", 1)])
+    done = subprocess.run([sys.executable, "-m", "competition", "--pred", sub, "--labels", labels], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and json.loads(done.stdout)["auc"] == 1.0
+    done = subprocess.run([sys.executable, "-m", "competition", "--check-data", tmp_path], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "train is missing" in done.stderr

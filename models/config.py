@@ -1,0 +1,195 @@
+"""What a model is made of, and the typed-section machinery every config of the project is built with.
+
+A model is described by a ``ModelSpec``: ``model`` (the architecture, ``ModelConfig``), ``data`` (the clip it reads,
+``InputConfig``: the extraction options the shards were packed with, which inference extracts with too) and
+``loss`` (``LossConfig``). A training run's config (``train.config.Config``) is a ModelSpec plus its ``train`` and
+``log`` sections; a checkpoint's ``config.yaml`` is read back as a ModelSpec (``models.checkpoint``).
+
+Sections are dataclasses built from YAML mappings by ``build_section``: unknown keys and values of the wrong type
+raise ``ConfigError`` naming the file (or ``command line``) and the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from shards.extract import AUDIO_SAMPLE_RATE, ExtractOptions
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    # Registry name (models.registry): av_transformer | seed_baseline.
+    name: str = "av_transformer"
+    # Visual encoder: any timm model, applied per frame with num_classes=0.
+    visual_backbone: str = "vit_small_patch16_224"
+    # Local file with ImageNet-1K weights for the visual backbone (random init when null; never downloads).
+    visual_pretrained: str | None = None
+    # Audio encoder: any timm model built with in_chans=1, applied to a log-Mel window per frame.
+    audio_backbone: str = "resnet18"
+    audio_pretrained: str | None = None
+    n_mels: int = 64
+    n_fft: int = 400  # 25 ms at 16 kHz
+    hop_length: int = 160  # 10 ms
+    # Audio token i: a window of this length centred on frame i's time (see the contract's timing).
+    audio_window_seconds: float = 0.64
+    dim: int = 384  # fusion transformer width
+    depth: int = 4
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    drop_path: float = 0.0  # stochastic depth inside the timm backbones (when they support it)
+    sync_dim: int = 128
+    sync_temperature: float = 0.07
+    grad_checkpointing: bool = False
+    # seed_baseline only: length of the audio crop/pad the spectrogram image is made from.
+    baseline_audio_seconds: float = 10.0
+
+
+@dataclass
+class LossConfig:
+    aux: float = 0.5  # audio-only and visual-only heads
+    sync: float = 0.2  # InfoNCE of time-aligned audio/visual tokens on genuine clips
+    token: float = 0.1  # per-time token logits (multiple-instance loss)
+
+
+@dataclass
+class InputConfig:
+    """The clip a model reads: the extraction options of its shards (``shards.extract``), also at inference."""
+
+    frames: int = 16
+    size: int = 224
+    margin: float = 0.3
+    max_clip_seconds: float = 10.0
+
+    def extract_options(self) -> ExtractOptions:
+        """The ``shards.extract.ExtractOptions`` that make this clip (what inference extracts with)."""
+        return ExtractOptions(frames=self.frames, size=self.size, margin=self.margin,
+                              max_clip_seconds=self.max_clip_seconds)
+
+    def audio_samples(self) -> int:
+        """Length of the zero-padded audio of a batch (``max_clip_seconds`` at the shards' 16 kHz)."""
+        return int(round(self.max_clip_seconds * AUDIO_SAMPLE_RATE))
+
+
+@dataclass
+class ModelSpec:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: InputConfig = field(default_factory=InputConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+def spec_from_yaml(path: str | Path) -> ModelSpec:
+    """The ModelSpec of a run's or checkpoint's config.yaml: its model and loss sections, and of its data section
+    the clip options (the training-only keys there, such as loader workers or augmentation, are left out)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if isinstance(raw.get("model"), str):
+        raw["model"] = {"name": raw["model"]}
+    data = {k: v for k, v in (raw.get("data") or {}).items() if k in field_names(InputConfig)}
+    return ModelSpec(model=build_section(ModelConfig, raw.get("model") or {}, str(path), "model."),
+                     data=build_section(InputConfig, data, str(path), "data."),
+                     loss=build_section(LossConfig, raw.get("loss") or {}, str(path), "loss."))
+
+
+def dump_yaml(config: Any, path: str | Path) -> None:
+    """A config dataclass as YAML (sections in field order)."""
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+
+
+# --- building and type checking -------------------------------------------------------------------------------
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def build_section(cls: type, raw: Any, source: str, prefix: str = "") -> Any:
+    """Dataclass ``cls`` from a mapping (nested dataclass fields from nested mappings), type-checked."""
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping with keys {', '.join(field_names(cls))}")
+    names, hints = field_names(cls), field_types(cls)
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {prefix + unknown[0]!r} in {where}; valid keys: {', '.join(names)}")
+    values = {}
+    for key, value in raw.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = build_section(hint, value or {}, source, f"{prefix}{key}.")
+        else:
+            values[key] = coerce(value, hint, f"{source}: {prefix}{key}")
+    return cls(**values)
+
+
+def parse_text(text: str) -> Any:
+    """A command-line value as YAML reads it (``3e-4``, ``true``, ``[40, 95]``), else the text itself."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as type ``hint`` (int, float, bool, str, Literal, list[T], X | None) or ConfigError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot be null")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [coerce(v, args[0], where) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {hint}")
