@@ -231,17 +231,20 @@ def split_sizes(videos: int, shares: tuple[float, ...] = DEFAULT_SHARES) -> dict
     return sizes
 
 
-def allot(items: list, shares: tuple[float, ...], r: np.random.Generator) -> dict[str, list]:
-    """Shuffle ``items`` and cut them into the splits by ``shares`` (largest remainder, at least one each)."""
+def allot(items: list, shares: tuple[float, ...], r: np.random.Generator,
+          ties: tuple[int, ...] = (0, 1, 2)) -> dict[str, list]:
+    """Shuffle ``items`` and cut them into the splits by ``shares``: at least one each, the rest by largest
+    remainder (equal remainders in the split order ``ties``)."""
     if len(items) < len(SPLIT_NAMES):
         raise ValueError(f"{len(items)} items cannot give each of {len(SPLIT_NAMES)} splits its own")
     order = [items[k] for k in r.permutation(len(items))]
     quota = np.array(shares, float) / sum(shares) * len(items)
     counts = np.maximum(1, np.floor(quota)).astype(int)
+    rank = {split: ties.index(split) for split in range(len(SPLIT_NAMES))}
     while counts.sum() > len(items):
-        counts[int(np.argmax(counts - quota))] -= 1
+        counts[max(range(len(counts)), key=lambda k: (counts[k] - quota[k], -rank[k]))] -= 1
     while counts.sum() < len(items):
-        counts[int(np.argmax(quota - counts))] += 1
+        counts[max(range(len(counts)), key=lambda k: (quota[k] - counts[k], -rank[k]))] += 1
     cuts = np.concatenate([[0], np.cumsum(counts)])
     return {split: order[cuts[k]:cuts[k + 1]] for k, split in enumerate(SPLIT_NAMES)}
 
@@ -271,9 +274,11 @@ def split_voices(catalog: Catalog, shares: tuple[float, ...], r: np.random.Gener
     if leftover:
         groups[0] = groups[0] + leftover
     out: dict[str, list[str]] = {split: [] for split in SPLIT_NAMES}
-    for group in groups:
-        for split, voices in allot(sorted(group), shares, r).items():
+    ties = tuple(int(k) for k in r.permutation(len(SPLIT_NAMES)))
+    for group in groups:  # ties go one way for the rich speakers and the other way for the rest
+        for split, voices in allot(sorted(group), shares, r, ties).items():
             out[split] += voices
+        ties = ties[::-1]
     return {split: sorted(voices) for split, voices in out.items()}
 
 

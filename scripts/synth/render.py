@@ -162,20 +162,19 @@ class HeadMotion:
         weight = ellipse_mask((float(eyes[0]), float(eyes[1] + 0.3 * e)), (1.5 * e, 2.2 * e), 0.4 * e, (h, w))
         taper = np.minimum.outer(np.clip(np.minimum(np.arange(h), h - 1 - np.arange(h)) / (0.3 * e), 0, 1),
                                  np.clip(np.minimum(np.arange(w), w - 1 - np.arange(w)) / (0.3 * e), 0, 1))
-        self.weight = (weight * taper).astype(np.float32)
+        weight = (weight * taper).astype(np.float32)
         self.yy, self.xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        self.pivot = (float(eyes[0]), float(eyes[1] + 2.2 * e))  # the neck
-        self.e = e
+        px, py = float(eyes[0]), float(eyes[1] + 2.2 * e)  # the pivot: the neck
+        # the backward map is linear in the motion: map = grid + w * (R^-1 (grid - pivot - shift) + pivot - grid)
+        self.w, self.wx, self.wy = weight, weight * (self.xx - px), weight * (self.yy - py)
 
     def maps(self, angle: float, dx: float, dy: float) -> tuple[np.ndarray, np.ndarray]:
         """Backward maps: each pixel takes the colour from where the rotated and shifted head was."""
         a = float(np.radians(-angle))
         cos, sin = float(np.cos(a)), float(np.sin(a))
-        px, py = self.pivot
-        x, y = self.xx - px - dx, self.yy - py - dy
-        sx = px + cos * x - sin * y
-        sy = py + sin * x + cos * y
-        return self.xx + self.weight * (sx - self.xx), self.yy + self.weight * (sy - self.yy)
+        map_x = self.xx + (cos - 1) * self.wx - sin * self.wy - (cos * dx - sin * dy) * self.w
+        map_y = self.yy + sin * self.wx + (cos - 1) * self.wy - (sin * dx + cos * dy) * self.w
+        return map_x, map_y
 
 
 def grade_lut(cam: Camera) -> np.ndarray:
