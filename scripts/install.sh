@@ -34,4 +34,4 @@ PY
 esac
 # mediapipe's metadata pulls a second OpenCV, matplotlib and sounddevice; its real needs are in pyproject.
 "$PY" -m pip install -q --no-deps mediapipe==1.2.2
-"$PY" "$ROOT/scripts/setup_assets.py" "${ASSET_ARGS[@]}"
+(cd "$ROOT" && "$PY" -m scripts.setup_assets "${ASSET_ARGS[@]}")

@@ -1,21 +1,25 @@
-#!/usr/bin/env python
 """Generate the embedded synthetic audio-visual deepfake dataset in the competition format.
 
-    python scripts/make_synthetic_dataset.py --out DIR --videos N --seed S [--workers W]
+    python -m scripts.make_synthetic_dataset --out DIR --videos N --seed S [--workers W] [--shares 0.6,0.2,0.2]
 
 writes DIR/{train,val,test}/<32 hex>.mp4, DIR/{train,validation,test}_labels.csv (video_name,target; 1 = fake)
-and DIR/meta.csv (split, FakeAVCeleb category, method and every generation parameter of each video; written
-last, so its presence means the dataset is complete).
+and DIR/meta.csv (split, FakeAVCeleb category, family, method, identity, voice and every generation parameter
+of each video; written last, so its presence means the dataset is complete).
 
-Genuine videos animate a real face photo as a talking head (head motion, blinks, mouth opening driven by the
-loudness of real recorded speech, in sync). Fakes, balanced over methods within every split:
-  face_swap    FakeVideo-RealAudio  another identity's inner face pasted in (seam, colour or resolution flaw)
-  lip_sync     FakeVideo-RealAudio  mouth driven by a different utterance while the real audio plays
-  av_offset    FakeVideo-RealAudio  mouth driven by the real audio shifted by 0.2-0.8 s (column av_offset)
-  voice_synth  RealVideo-FakeAudio  vocoded / resynthesised speech, the mouth follows it
-  swap_voice   FakeVideo-FakeAudio  face swap + vocoded speech, the mouth follows the fake audio
-Duration, resolution, fps, audio rate and channels, leading silence and compression are drawn independently of
-the label, so genuine and fake videos do not differ in them. Same seed -> byte-identical files.
+Genuine videos film a derived identity's whole photo like interview footage (camera framing and motion, head
+motion, blinks, the mouth opening with real recorded speech of the identity's own speaker, in sync). Identities,
+speakers and LFW faces are disjoint across splits (the two source photos are shared); see scripts/synth/plan.py.
+Fakes, balanced over families and, within a family, over its implementations (``method``):
+  face_swap         FakeVideo-RealAudio  face_swap_alpha_ellipse, face_swap_poisson_hull, face_swap_lowres_jitter
+  lip_sync          FakeVideo-RealAudio  lip_sync_dub (audio replaced, mouth not), lip_sync_lowres_mouth,
+                                         lip_sync_viseme (mouth re-rendered to another real utterance)
+  av_offset         FakeVideo-RealAudio  av_offset_constant (0.2-0.8 s), av_offset_drift (to 0.3-0.8 s)
+  voice_conversion  RealVideo-FakeAudio  vc_channel_vocoder, vc_lpc, vc_formant_shift, vc_griffin_lim
+  tts               RealVideo-FakeAudio  tts_flite_diphone, tts_flite_clustergen (the mouth keeps the filmed words)
+  both              FakeVideo-FakeAudio  both_swap_vc (a face swap + a voice conversion), both_lipsync_tts
+Duration, resolution, fps, audio rate and channels, leading silence, compression and the camera are drawn
+independently of the label, so genuine and fake videos do not differ in them. Same seed -> byte-identical files,
+whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -32,22 +36,20 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]
-
-from synth.plan import (  # noqa: E402
-    LFW_FACES,
+from competition import write_labels
+from scripts.synth.plan import (
+    DEFAULT_SHARES,
     MIN_VIDEOS,
-    SPLITS,
-    TEXTURES,
+    Catalog,
     VideoSpec,
+    label_files,
     plan_dataset,
-    speech_catalog,
+    read_catalog,
 )
 
-OUTPUTS = [name for name, _, _ in SPLITS] + [labels for _, labels, _ in SPLITS] + ["meta.csv"]
+LABELS = label_files()
+OUTPUTS = [*LABELS, *LABELS.values(), "meta.csv"]
 UNFINISHED = ".unfinished"
-_CONTEXT = None  # per worker process: synth.render.Context
 
 
 def at_least(minimum: int):
@@ -62,6 +64,16 @@ def at_least(minimum: int):
     return parse
 
 
+def shares(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not three numbers: {text!r}") from None
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"need three positive fractions train,val,test, got {text!r}")
+    return values
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output folder (created; must be empty or hold an earlier dataset)")
@@ -71,6 +83,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical dataset")
     parser.add_argument("--workers", type=at_least(1), default=os.cpu_count() or 1,
                         help="parallel processes (default: all cores); the output does not depend on it")
+    parser.add_argument("--shares", type=shares, default=DEFAULT_SHARES,
+                        help="train,val,test fractions of the videos (default 0.6,0.2,0.2); e.g. 0.4,0.1,0.5 for a "
+                             "large test split")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a previous dataset in --out (only the files this script writes)")
     return parser.parse_args(argv)
@@ -103,7 +118,7 @@ def prepare_out(out: Path, stale: list[Path]) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / UNFINISHED).write_text("make_synthetic_dataset.py is writing here; meta.csv comes last\n")
-    for name, _, _ in SPLITS:
+    for name in LABELS:
         (out / name).mkdir()
 
 
@@ -121,70 +136,63 @@ def quiet_stderr() -> Iterator[None]:
 
 
 def load_context():
-    """Face-source keypoints (one detection per source photo) and the speech recordings; asset errors exit."""
-    from shards.assets import asset_path, speech_files
+    """Face-source keypoints (one detection per source), the speech catalog and the TTS program; asset errors exit."""
+    from scripts.synth.faces import detect_sources
+    from scripts.synth.render import Context
+    from shards.assets import flite_binary, speech_manifest
     from shards.faces import FaceDetector
-    from synth.faces import detect_sources
-    from synth.render import Context
 
     try:
-        speech = speech_files()
-        for texture in TEXTURES:
-            asset_path(f"media/backgrounds/{texture}.png")
+        manifest = speech_manifest()
+        flite_binary()
         with quiet_stderr():  # the TFLite runtime logs a few harmless lines on the first detection
             detector = FaceDetector()
             try:
-                sources = detect_sources(detector, LFW_FACES)
+                sources = detect_sources(detector)
             finally:
                 detector.close()
     except FileNotFoundError as error:
         raise SystemExit(f"error: {error}") from None
-    return Context(sources=sources, speech_dir=speech[0].parent), speech_catalog(speech)
-
-
-def _init_worker(context) -> None:
-    global _CONTEXT
-    _CONTEXT = context
-
-
-def _make(spec: VideoSpec, out: str) -> tuple[str, int]:
-    from synth.render import make_video
-
-    path = Path(out) / spec.split / spec.name
-    return spec.name, make_video(spec, _CONTEXT, path)
+    with open(manifest, newline="") as f:
+        rates = {row["voice"]: int(row["sample_rate"]) for row in csv.DictReader(f)}
+    return Context(sources=sources, speech_dir=manifest.parent, voice_rates=rates), read_catalog(manifest)
 
 
 def generate(specs: list[VideoSpec], out: Path, context, workers: int) -> int:
-    """Render every video (largest first, for load balance); returns the total size in bytes."""
+    """Render every video, one task per identity (largest first, for load balance); returns the total bytes."""
     from tqdm import tqdm
 
-    order = sorted(specs, key=lambda s: -s.nuisance.width * s.nuisance.height * s.nuisance.frames)
+    from scripts.synth.render import init_worker, render_group
+
+    groups: dict[str, list[VideoSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.identity.name, []).append(spec)
+    cost = {name: sum(s.nuisance.width * s.nuisance.height * s.nuisance.frames for s in group)
+            for name, group in groups.items()}
+    order = [groups[name] for name in sorted(groups, key=lambda name: (-cost[name], name))]
     total = 0
     with tqdm(total=len(specs), desc="synthetic videos", unit="video") as bar:
         if workers == 1:
-            _init_worker(context)
-            for spec in order:
-                total += _make(spec, str(out))[1]
-                bar.update()
+            init_worker(context)
+            for group in order:
+                total += sum(size for _, size in render_group(group, str(out)))
+                bar.update(len(group))
             return total
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             os.environ.setdefault(var, "1")  # inherited by the workers: one core each
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=init_worker,
                                  initargs=(context,)) as pool:
-            futures = [pool.submit(_make, spec, str(out)) for spec in order]
+            futures = [pool.submit(render_group, group, str(out)) for group in order]
             for future in as_completed(futures):
-                total += future.result()[1]
-                bar.update()
+                done = future.result()
+                total += sum(size for _, size in done)
+                bar.update(len(done))
     return total
 
 
 def write_csvs(specs: list[VideoSpec], out: Path) -> None:
-    for split, labels, _ in SPLITS:
-        rows = sorted((s.name, s.target) for s in specs if s.split == split)
-        with open(out / labels, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["video_name", "target"])
-            writer.writerows(rows)
+    for split, labels in LABELS.items():
+        write_labels(out / labels, sorted((s.name, s.target) for s in specs if s.split == split))
     rows = [s.meta_row() for s in sorted(specs, key=lambda s: (s.split, s.name))]
     with open(out / "meta.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -192,18 +200,22 @@ def write_csvs(specs: list[VideoSpec], out: Path) -> None:
         writer.writerows(rows)
 
 
+def plan(seed: int, videos: int, catalog: Catalog, sources: dict, shares: tuple[float, ...]) -> list[VideoSpec]:
+    lfw_faces = sorted(int(b[3:]) for b in sources if b.startswith("lfw"))
+    return plan_dataset(seed, videos, catalog, lfw_faces, shares)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
     stale = check_out(args.out, args.overwrite)
     context, catalog = load_context()
-    lfw_faces = sorted(int(b[3:]) for b in context.sources if b.startswith("lfw"))
-    specs = plan_dataset(args.seed, args.videos, catalog, lfw_faces)
+    specs = plan(args.seed, args.videos, catalog, context.sources, args.shares)
     prepare_out(args.out, stale)
     total = generate(specs, args.out, context, min(args.workers, len(specs)))
     write_csvs(specs, args.out)
     (args.out / UNFINISHED).unlink()
-    counts = {split: sum(s.split == split for s in specs) for split, _, _ in SPLITS}
+    counts = {split: sum(s.split == split for s in specs) for split in LABELS}
     print(f"wrote {len(specs)} videos ({', '.join(f'{k} {v}' for k, v in counts.items())}, "
           f"{sum(s.target for s in specs)} fake) to {args.out}: {total / 1e6:.1f} MB in "
           f"{time.time() - started:.1f} s with {args.workers} worker(s)", flush=True)

@@ -1,7 +1,8 @@
-"""Where the files the pipeline needs (face-detector model, media for the synthetic dataset) live.
+"""Where the files the pipeline needs (face-detector model, media and tools for the synthetic dataset) live.
 
-They are fetched once by ``scripts/setup_assets.py`` (run by ``make install`` and the Docker build), checked
-against the sha256 sums below, and never downloaded at run time.
+They are fetched once by ``python -m scripts.setup_assets`` (run by ``make install`` and the Docker build), checked
+against the sha256 sums below (single files) or in that script (Debian packages), and never downloaded at run
+time.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import os
 from pathlib import Path
 
 FACE_MODEL = "models/face_detection_full_range_sparse.tflite"
+SPEECH_DIR = "media/voices"  # <voice>/<recording>.wav, one folder per speaker
+SPEECH_MANIFEST = f"{SPEECH_DIR}/voices.csv"  # file,voice,language,source,seconds,sample_rate
+FLITE_ROOT = "tools/flite"  # Debian's flite + libflite1 + libasound2, unpacked (bin under usr/bin)
+INSTALL_HINT = "run `make install` (or `python -m scripts.setup_assets`); set AVDF_CACHE if the assets live elsewhere"
 
 # relative path in the cache -> sha256; the sources are named in scripts/setup_assets.py
 CHECKSUMS: dict[str, str] = {
@@ -40,10 +45,7 @@ def asset_path(relative: str) -> Path:
     """Path of an installed asset; a clear error says how to install it when it is missing."""
     path = cache_dir() / relative
     if not path.exists():
-        raise FileNotFoundError(
-            f"asset {path} is missing: run `make install` (or `python scripts/setup_assets.py`); "
-            f"set AVDF_CACHE if the assets live elsewhere"
-        )
+        raise FileNotFoundError(f"asset {path} is missing: {INSTALL_HINT}")
     return path
 
 
@@ -51,9 +53,17 @@ def face_model_path() -> Path:
     return asset_path(FACE_MODEL)
 
 
-def speech_files() -> list[Path]:
-    """Real recorded speech (mono wav) for the synthetic dataset, in a stable order."""
-    files = sorted((cache_dir() / "media" / "speech").glob("*.wav"))
-    if not files:
-        asset_path("media/speech")  # raises the install hint
-    return files
+def speech_manifest() -> Path:
+    """The speech recordings' manifest (one row per recording, with its speaker); the files lie beside it."""
+    return asset_path(SPEECH_MANIFEST)
+
+
+def flite_binary() -> Path:
+    """The flite text-to-speech program unpacked from Debian (run it with ``flite_env()``)."""
+    return asset_path(f"{FLITE_ROOT}/usr/bin/flite")
+
+
+def flite_env() -> dict[str, str]:
+    """The environment that makes the unpacked flite find its own libraries."""
+    libs = sorted((cache_dir() / FLITE_ROOT / "usr/lib").glob("*-linux-gnu"))
+    return {"LD_LIBRARY_PATH": ":".join(map(str, libs)), "PATH": "/usr/bin:/bin"}

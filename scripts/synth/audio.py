@@ -1,12 +1,16 @@
 """Speech tracks: real recordings assembled into an utterance, mouth-opening envelopes, and fake voices.
 
 Work happens at 16 kHz; ``finish`` sets the level, adds a noise floor, resamples to the video's rate and
-makes the channels. The fake voices are numpy vocoders of the real utterance (same words, same timing,
-synthetic excitation), band-limited to what the recording had so that bandwidth alone does not give them away.
+makes the channels. Fake voices: four numpy vocoders of the real utterance (same words, same timing, another
+voice) and Debian's flite text-to-speech (diphone and clustergen voices), all band-limited to what the
+speaker's recordings hold and laid over the recording's own room tone, so that neither bandwidth nor
+background noise gives them away by itself.
 """
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
 import wave
 from fractions import Fraction
 from functools import lru_cache
@@ -16,7 +20,7 @@ import numpy as np
 from scipy.linalg import solve_toeplitz
 from scipy.signal import lfilter, resample_poly
 
-from synth.plan import Nuisance, Prompt
+from scripts.synth.plan import Nuisance
 
 SR = 16000
 N_FFT, HOP = 512, 128
@@ -42,7 +46,7 @@ def resample(x: np.ndarray, rate: int, target: int) -> np.ndarray:
     return resample_poly(x, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
-def assemble(prompts: tuple[Prompt, ...], speech_dir: Path, leading: float, samples: int) -> np.ndarray:
+def assemble(prompts: tuple, speech_dir: Path, leading: float, samples: int) -> np.ndarray:
     """The prompts one after another (each at the same speech level), after ``leading`` s of silence."""
     out = np.zeros(samples, np.float32)
     pos = int(round(leading * SR))
@@ -80,14 +84,15 @@ def stft(x: np.ndarray) -> np.ndarray:
 
 
 def istft(spec: np.ndarray, samples: int) -> np.ndarray:
-    frames = np.fft.irfft(spec, n=N_FFT, axis=1) * WINDOW
-    length = (len(frames) - 1) * HOP + N_FFT
-    out = np.zeros(length)
-    norm = np.zeros(length)
-    for t, frame in enumerate(frames):
-        out[t * HOP:t * HOP + N_FFT] += frame
-        norm[t * HOP:t * HOP + N_FFT] += WINDOW**2
-    out /= np.maximum(norm, 1e-3)
+    """Windowed overlap-add inverse of ``stft`` (N_FFT = 4 hops: four shifted block sums)."""
+    frames = (np.fft.irfft(spec, n=N_FFT, axis=1) * WINDOW).reshape(len(spec), N_FFT // HOP, HOP)
+    out = np.zeros((len(spec) + N_FFT // HOP - 1, HOP))
+    norm = np.zeros_like(out)
+    squared = (WINDOW**2).reshape(N_FFT // HOP, HOP)
+    for k in range(N_FFT // HOP):
+        out[k:k + len(spec)] += frames[:, k]
+        norm[k:k + len(spec)] += squared[k]
+    out = out.reshape(-1) / np.maximum(norm.reshape(-1), 1e-3)
     return out[N_FFT // 2:N_FFT // 2 + samples].astype(np.float32)
 
 
@@ -103,8 +108,8 @@ def filterbank(bands: int = 28) -> np.ndarray:
     return fb
 
 
-def channel_envelope(spec: np.ndarray) -> np.ndarray:
-    fb = filterbank()
+def channel_envelope(spec: np.ndarray, bands: int = 28) -> np.ndarray:
+    fb = filterbank(bands)
     power = np.abs(spec) ** 2 @ fb.T / fb.sum(1)  # [T, bands]
     return np.sqrt(power @ fb / np.maximum(fb.sum(0), 1e-6))
 
@@ -121,10 +126,10 @@ def lpc_envelope(spec: np.ndarray, order: int = 16) -> np.ndarray:
     return env
 
 
-def buzz(samples: int, r: np.random.Generator) -> np.ndarray:
+def buzz(samples: int, r: np.random.Generator, f0_scale: float = 1.0) -> np.ndarray:
     """A glottal-pulse-like impulse train with a slowly wandering pitch, plus a little breath noise."""
     t = np.arange(samples) / SR
-    f0 = r.uniform(85, 230) * (1 + 0.07 * np.sin(2 * np.pi * r.uniform(0.2, 0.6) * t + r.uniform(0, 6.3)))
+    f0 = f0_scale * r.uniform(85, 230) * (1 + 0.07 * np.sin(2 * np.pi * r.uniform(0.2, 0.6) * t + r.uniform(0, 6.3)))
     phase = np.cumsum(f0 / SR)
     pulses = np.diff(np.floor(phase), prepend=0.0)
     return (pulses + 0.03 * r.standard_normal(samples)).astype(np.float32)
@@ -149,17 +154,89 @@ def spectral_shift(spec: np.ndarray, factor: float) -> np.ndarray:
     return magnitude * np.exp(1j * factor * np.angle(spec[:, index]))
 
 
-def vocode(x: np.ndarray, method: str, r: np.random.Generator) -> np.ndarray:
-    """A fake voice saying what ``x`` says: channel vocoder (buzz or noise carrier), LPC resynthesis, or a shift."""
+def griffin_lim(magnitude: np.ndarray, samples: int, iterations: int, r: np.random.Generator) -> np.ndarray:
+    """A waveform whose STFT magnitude approaches ``magnitude`` (phase retrieval from random phase)."""
+    phase = np.exp(2j * np.pi * r.random(magnitude.shape))
+    for _ in range(iterations):
+        phase = np.exp(1j * np.angle(stft(istft(magnitude * phase, samples))))
+    return istft(magnitude * phase, samples)
+
+
+def warp_frequencies(magnitude: np.ndarray, factor: float) -> np.ndarray:
+    """Formants moved by ``factor`` (the magnitude resampled along frequency)."""
+    bins = np.arange(magnitude.shape[1], dtype=np.float32)
+    return np.stack([np.interp(bins / factor, bins, row, right=0) for row in magnitude])
+
+
+def convert_voice(x: np.ndarray, method: str, params: dict[str, float], r: np.random.Generator) -> np.ndarray:
+    """The same words in another voice, by one of four independent vocoders:
+
+    vc_channel_vocoder: mel channel vocoder on a pulse-train (or noise) carrier; vc_lpc: LPC resynthesis with a
+    shifted pitch; vc_formant_shift: pitch and formants scaled together; vc_griffin_lim: formants warped on the
+    magnitude spectrogram, phase rebuilt by Griffin-Lim.
+    """
     spec = stft(x)
-    if method == "spectral_shift":
-        factor = float(r.choice([-1, 1]) * r.uniform(0.12, 0.28))
-        out = spectral_shift(spec, 1 + factor if factor > 0 else 1 / (1 - factor))
+    if method == "vc_formant_shift":
+        out = spectral_shift(spec, params["factor"])
+    elif method == "vc_griffin_lim":
+        magnitude = warp_frequencies(np.abs(spec), params["warp"])
+        return griffin_lim(magnitude * band_limit(spec), len(x), int(params["iterations"]), r)
+    elif method == "vc_channel_vocoder":
+        carrier = r.standard_normal(len(x)).astype(np.float32) if params["noise_carrier"] else buzz(len(x), r)
+        out = flat(stft(carrier)) * channel_envelope(spec, int(params["bands"]))
+    elif method == "vc_lpc":
+        out = flat(stft(buzz(len(x), r, params["f0_shift"]))) * lpc_envelope(spec, int(params["order"]))
     else:
-        carrier = r.standard_normal(len(x)).astype(np.float32) if method == "channel_noise" else buzz(len(x), r)
-        env = lpc_envelope(spec) if method == "lpc_buzz" else channel_envelope(spec)
-        out = flat(stft(carrier)) * env
+        raise ValueError(f"unknown voice conversion {method}")
     return istft(out * band_limit(spec), len(x))
+
+
+def room_tone(x: np.ndarray, r: np.random.Generator) -> np.ndarray:
+    """Noise with the recording's own background spectrum (per frequency, the 10th percentile over the frames
+    that hold sound), laid under the whole track of every video: the room and microphone of the filmed
+    utterance stay when a voice is replaced, and the pauses between prompts are not digital silence."""
+    spec = np.abs(stft(x))
+    sounding = spec[(spec**2).sum(1) > 1e-8]
+    if not len(sounding):
+        return np.zeros_like(x)
+    floor = np.percentile(sounding, 10, axis=0)
+    return istft(flat(stft(r.standard_normal(len(x)).astype(np.float32))) * floor, len(x))
+
+
+def bandwidth(x: np.ndarray, rate: float) -> np.ndarray:
+    """``x`` (at ``SR``) limited to what a recording at ``rate`` Hz holds."""
+    if rate >= SR:
+        return x
+    ratio = Fraction(int(round(rate)), SR)
+    low = resample_poly(x, ratio.numerator, ratio.denominator)
+    return resample_poly(low, ratio.denominator, ratio.numerator)[:len(x)].astype(np.float32)
+
+
+def flite(text: str, voice: str, stretch: float, f0: float) -> np.ndarray:
+    """One sentence spoken by Debian's flite (``voice``: kal, kal16 diphone; awb, rms, slt clustergen) at ``SR``."""
+    from shards.assets import flite_binary, flite_env
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "tts.wav"
+        subprocess.run([str(flite_binary()), "-voice", voice, "--setf", f"duration_stretch={stretch:.3f}",
+                        "--setf", f"int_f0_target_mean={f0:.1f}", "-t", text, "-o", str(out)],
+                       check=True, capture_output=True, env=flite_env())
+        return read_speech(str(out))
+
+
+def text_to_speech(sentences: tuple[str, ...], voice: str, params: dict[str, float], leading: float, samples: int,
+                   rate: float) -> np.ndarray:
+    """The sentences spoken after ``leading`` s (flite's own pauses between them, its leading and trailing
+    silence cut), at the speech level, band-limited like the speaker's recordings (``rate``) so that bandwidth
+    alone does not give it away."""
+    x = flite(" ".join(sentences), voice, params["stretch"], params["f0"])
+    loud = np.flatnonzero(np.abs(x) > 0.02 * max(float(np.abs(x).max()), 1e-6))
+    x = x[loud[0]:loud[-1] + 1] if len(loud) else x
+    out = np.zeros(samples, np.float32)
+    pos = int(round(leading * SR))
+    x = x[:max(0, samples - pos)]
+    out[pos:pos + len(x)] = x * (0.1 / max(float(np.sqrt(np.mean(x**2))), 1e-4)) if len(x) else x
+    return bandwidth(out, rate * params["band_ratio"])
 
 
 def finish(x: np.ndarray, nuisance: Nuisance, r: np.random.Generator) -> np.ndarray:

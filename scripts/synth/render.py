@@ -1,6 +1,11 @@
-"""One video from its spec: background, moving talking head, audio, and the H.264 + AAC mp4 (PyAV).
+"""One video from its spec: the identity's whole photo filmed like interview footage, audio, and the mp4 (PyAV).
 
-Runs inside worker processes. x264 runs with one thread so the bytes only depend on the spec.
+The photo (head, hair, shoulders and its own background) fills the frame through a camera that frames, drifts,
+zooms, rolls and shakes; the head nods and sways as a smooth warp of the photo (stronger when the filmed speech
+is loud); the mouth opens with the speech and the eyes blink. Fakes are made inside that same footage: a face
+swap changes the photo before it is filmed (or, for the jitter method, every frame), lip-sync re-renders the
+mouth region every frame. Runs inside worker processes; x264 runs with one thread so the bytes only depend on
+the spec.
 """
 
 from __future__ import annotations
@@ -13,54 +18,98 @@ import av
 import cv2
 import numpy as np
 
-from shards.assets import asset_path
-from synth import audio
-from synth.faces import EYE, Animator, P, face_swap, make_identity
-from synth.plan import RENDER, TEXTURES, Layout, Nuisance, VideoSpec, rng
+from scripts.synth import audio
+from scripts.synth.faces import (
+    Animator,
+    Face,
+    derive,
+    ellipse_mask,
+    face_box,
+    face_swap,
+    lower_face_box,
+    to_u8,
+)
+from scripts.synth.plan import (
+    RENDER,
+    SWAPS,
+    TTS_ENGINES,
+    VOICE_CONVERSIONS,
+    Camera,
+    Identity,
+    Nuisance,
+    VideoSpec,
+    rng,
+)
 
-X264_PRESET = "veryfast"
+X264_PRESET = "superfast"
 AUDIO_FRAME = 1024
+_FACES: dict[str, Face] = {}  # per worker: derived identities, reused by every video of the identity
 
 
 @dataclass
 class Context:
-    """What every worker needs besides the spec: face-source keypoints and the speech folder."""
+    """What every worker needs besides the spec: face-source keypoints, the speech folder and rates."""
 
     sources: dict[str, np.ndarray]
     speech_dir: Path
+    voice_rates: dict[str, int]  # the sample rate of each speaker's recordings (their bandwidth)
 
 
-def background(layout: Layout, width: int, height: int, r: np.random.Generator) -> np.ndarray:
-    """A static RGB uint8 background: a tinted texture, a two-colour gradient, or smooth colour noise."""
-    colours = r.uniform(0.1, 0.9, (2, 3)).astype(np.float32)
-    if layout.background in TEXTURES:
-        tex = cv2.imread(str(asset_path(f"media/backgrounds/{layout.background}.png")), cv2.IMREAD_GRAYSCALE)
-        side = int(r.integers(160, tex.shape[0] + 1))
-        y, x = r.integers(0, tex.shape[0] - side + 1), r.integers(0, tex.shape[1] - side + 1)
-        crop = tex[y:y + side, x:x + side].astype(np.float32) / 255
-        crop = cv2.resize(crop, (width, height), interpolation=cv2.INTER_LINEAR)
-        img = colours[0] + (crop[:, :, None] - 0.5) * r.uniform(0.4, 1.0) * (colours[1] + 0.3)
-    elif layout.background == "gradient":
-        angle = r.uniform(0, 2 * np.pi)
-        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-        ramp = (np.cos(angle) * xx / width + np.sin(angle) * yy / height)
-        ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
-        img = colours[0] + ramp[:, :, None] * (colours[1] - colours[0])
-    else:
-        cells = r.uniform(0, 1, (int(r.integers(3, 8)), int(r.integers(4, 10)), 3)).astype(np.float32)
-        img = cv2.resize(cells, (width, height), interpolation=cv2.INTER_CUBIC) * 0.8 + 0.1
-    img = img + r.normal(0, r.uniform(0.0, 0.03), (height, width, 1)).astype(np.float32)
-    blur = r.uniform(0, 2.0)
-    if blur > 0.3:
-        img = cv2.GaussianBlur(img, (0, 0), blur)
-    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+def identity_face(identity: Identity, ctx: Context) -> Face:
+    if identity.name not in _FACES:
+        if len(_FACES) > 16:
+            _FACES.clear()
+        _FACES[identity.name] = derive(identity, ctx.sources)
+    return _FACES[identity.name]
 
 
-def wobble(r: np.random.Generator, times: np.ndarray, amplitude: float) -> np.ndarray:
-    """A smooth random curve: two sinusoids of random frequency (0.1-0.7 Hz) and phase."""
+# --- audio ------------------------------------------------------------------------------------------------------
+def build_audio(spec: VideoSpec, ctx: Context) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(audio [channels, samples], mouth opening per frame, head loudness per frame) for the spec's method.
+
+    The filmed utterance moves the head (and the mouth unless a lip-sync re-renders it); the heard one is the
+    filmed one, another real utterance (lip sync), its voice-converted copy or text-to-speech.
+    """
+    n, f = spec.nuisance, spec.fake
+    params = dict(f.params)
+    samples = int(round(n.duration * audio.SR))
+    filmed = audio.assemble(spec.speech, ctx.speech_dir, n.leading_silence, samples)
+    heard = filmed
+    if f.heard_speech:
+        heard = audio.assemble(f.heard_speech, ctx.speech_dir, n.leading_silence, samples)
+    if f.audio in VOICE_CONVERSIONS:
+        heard = audio.convert_voice(filmed, f.audio, params, rng(spec.seed, spec.index, RENDER, 2))
+    elif f.audio in TTS_ENGINES:
+        heard = audio.text_to_speech(f.tts_text, f.tts_voice, params, n.leading_silence, samples,
+                                     ctx.voice_rates[spec.identity.voice])
+    heard = heard + audio.room_tone(filmed, rng(spec.seed, spec.index, RENDER, 3))
+    times = (np.arange(n.frames) + 0.5) / n.fps
+    offset = f.av_offset + (f.av_offset_end - f.av_offset) * times / n.duration
+    shown = times - offset  # the moment of the speech each frame shows
+    lag = params.get("lag", 0.0)
+    mouth = audio.envelope(heard, shown - lag, 2.0 / n.fps) if f.mouth_follows_heard else \
+        audio.envelope(filmed, shown, 2.0 / n.fps)
+    head = audio.envelope(filmed, shown, 0.3)
+    outside = (shown < 0) | (shown > n.duration)
+    mouth[outside], head[outside] = 0, 0
+    if f.visual == "lip_sync_viseme":
+        mouth = visemes(mouth, int(params["levels"]), int(params["hold"]))
+    return audio.finish(heard, n, rng(spec.seed, spec.index, RENDER, 0)), mouth, head
+
+
+def visemes(mouth: np.ndarray, levels: int, hold: int) -> np.ndarray:
+    """A generator that predicts a few mouth shapes at a lower frame rate: quantised and held."""
+    held = np.repeat(mouth[::hold], hold)[:len(mouth)]
+    return np.round(held * (levels - 1)) / (levels - 1)
+
+
+# --- motion -----------------------------------------------------------------------------------------------------
+def wobble(r: np.random.Generator, times: np.ndarray, amplitude: float, low: float = 0.1,
+           high: float = 0.7) -> np.ndarray:
+    """A smooth random curve: two sinusoids of random frequency and phase."""
     curve = np.zeros_like(times)
     for weight in (1.0, 0.5):
-        curve += weight * np.sin(2 * np.pi * r.uniform(0.1, 0.7) * times + r.uniform(0, 2 * np.pi))
+        curve += weight * np.sin(2 * np.pi * r.uniform(low, high) * times + r.uniform(0, 2 * np.pi))
     return (amplitude * curve / 1.5).astype(np.float32)
 
 
@@ -74,73 +123,168 @@ def blinks(r: np.random.Generator, times: np.ndarray) -> np.ndarray:
     return closure
 
 
-def head_poses(layout: Layout, n: Nuisance, r: np.random.Generator, times: np.ndarray) -> np.ndarray:
-    """Per frame 2x3 affine from portrait to frame: small rotation, translation and scale changes."""
-    angle = wobble(r, times, r.uniform(1.0, 5.0))
-    dx = wobble(r, times, r.uniform(0.005, 0.03) * n.width)
-    dy = wobble(r, times, r.uniform(0.005, 0.02) * n.height)
-    scale = 1 + wobble(r, times, r.uniform(0.0, 0.04))
-    base = layout.face_size * n.height / EYE
-    centre_x, centre_y = layout.face_x * n.width, layout.face_y * n.height
-    poses = []
-    for a, x, y, s in zip(angle, dx, dy, scale, strict=True):
-        m = cv2.getRotationMatrix2D((P / 2, 0.48 * P), float(a), float(base * s))
-        m[:, 2] += (centre_x + x - P / 2, centre_y + y - 0.48 * P)
-        poses.append(m)
-    return np.stack(poses).astype(np.float32)
+def camera_path(cam: Camera, n: Nuisance, face: Face, shape: tuple[int, ...], r: np.random.Generator,
+                times: np.ndarray) -> np.ndarray:
+    """Per frame 2x3 affine from photo to frame: framing, zoom and pan drift, roll and hand-held shake, always
+    inside the photo (no border is ever shown)."""
+    photo_h, photo_w = shape[:2]
+    aspect = n.width / n.height
+    progress = times / max(times[-1], 1e-6)
+    shake = [wobble(r, times, cam.shake, 1.5, 5.0) for _ in range(2)]
+    roll = cam.roll + wobble(r, times, 0.3, 0.2, 1.0)
+    out = []
+    for k, t in enumerate(progress):
+        angle = np.radians(roll[k])
+        cos, sin = abs(np.cos(angle)), abs(np.sin(angle))
+        # the largest window of this aspect and rotation inside the photo
+        fit = min(photo_h / (cos + aspect * sin), photo_w / (aspect * cos + sin))
+        height = min(cam.window * (1 + cam.zoom_drift * t), 0.97) * fit
+        half_w = (height * aspect * cos + height * sin) / 2
+        half_h = (height * cos + height * aspect * sin) / 2
+        cx = face.eyes[0] + (0.5 - cam.face_x) * height * aspect + (cam.pan[0] * t + shake[0][k]) * height
+        cy = face.eyes[1] + (0.5 - cam.face_y) * height + (cam.pan[1] * t + shake[1][k]) * height
+        cx, cy = np.clip(cx, half_w, photo_w - half_w), np.clip(cy, half_h, photo_h - half_h)
+        m = cv2.getRotationMatrix2D((float(cx), float(cy)), float(roll[k]), n.height / height)
+        m[:, 2] += (n.width / 2 - cx, n.height / 2 - cy)
+        out.append(m)
+    return np.stack(out).astype(np.float32)
 
 
-def composite(frame: np.ndarray, rgb: np.ndarray, mask: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Warp the portrait by ``m`` and blend it into ``frame`` (a copy of the background), inside its box only."""
-    height, width = frame.shape[:2]
-    corners = np.array([[0, 0, 1], [P, 0, 1], [0, P, 1], [P, P, 1]], np.float32) @ m.T
-    x0, y0 = np.clip(np.floor(corners.min(0)).astype(int), 0, [width, height])
-    x1, y1 = np.clip(np.ceil(corners.max(0)).astype(int), 0, [width, height])
-    if x1 <= x0 or y1 <= y0:
-        return frame
-    local = m.copy()
-    local[:, 2] -= (x0, y0)
-    size = (int(x1 - x0), int(y1 - y0))
-    head = cv2.warpAffine(rgb, local, size, flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
-    alpha = cv2.warpAffine(mask, local, size, flags=cv2.INTER_LINEAR, borderValue=0)[:, :, None]
-    roi = frame[y0:y1, x0:x1].astype(np.float32)
-    frame[y0:y1, x0:x1] = np.clip(roi + alpha * (head * 255 - roi), 0, 255).astype(np.uint8)
-    return frame
+class HeadMotion:
+    """Nods and sways of the head as a smooth warp of the photo around the neck (background stretches a little
+    near the head, as in talking-head animation), inside ``box``."""
+
+    def __init__(self, face: Face, box: tuple[int, int, int, int]):
+        x0, y0, x1, y1 = box
+        e = face.eye_distance
+        h, w = y1 - y0, x1 - x0
+        eyes = face.eyes - (x0, y0)
+        weight = ellipse_mask((float(eyes[0]), float(eyes[1] + 0.3 * e)), (1.5 * e, 2.2 * e), 0.4 * e, (h, w))
+        taper = np.minimum.outer(np.clip(np.minimum(np.arange(h), h - 1 - np.arange(h)) / (0.3 * e), 0, 1),
+                                 np.clip(np.minimum(np.arange(w), w - 1 - np.arange(w)) / (0.3 * e), 0, 1))
+        weight = (weight * taper).astype(np.float32)
+        self.yy, self.xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        px, py = float(eyes[0]), float(eyes[1] + 2.2 * e)  # the pivot: the neck
+        # the backward map is linear in the motion: map = grid + w * (R^-1 (grid - pivot - shift) + pivot - grid)
+        self.w, self.wx, self.wy = weight, weight * (self.xx - px), weight * (self.yy - py)
+
+    def maps(self, angle: float, dx: float, dy: float) -> tuple[np.ndarray, np.ndarray]:
+        """Backward maps: each pixel takes the colour from where the rotated and shifted head was."""
+        a = float(np.radians(-angle))
+        cos, sin = float(np.cos(a)), float(np.sin(a))
+        map_x = self.xx + (cos - 1) * self.wx - sin * self.wy - (cos * dx - sin * dy) * self.w
+        map_y = self.yy + sin * self.wx + (cos - 1) * self.wy - (sin * dx + cos * dy) * self.w
+        return map_x, map_y
 
 
-def build_audio(spec: VideoSpec, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
-    """(audio [channels, samples], mouth opening per frame) for the spec's method."""
-    n, fake = spec.nuisance, spec.fake
-    samples16 = int(round(n.duration * audio.SR))
-    speech = audio.assemble(spec.speech, ctx.speech_dir, n.leading_silence, samples16)
-    if fake.audio_method:
-        speech = audio.vocode(speech, fake.audio_method, rng(spec.seed, spec.index, RENDER, 2))
-    times = (np.arange(n.frames) + 0.5) / n.fps
-    window = 2.0 / n.fps
-    if fake.mouth_speech:
-        driver = audio.assemble(fake.mouth_speech, ctx.speech_dir, n.leading_silence, samples16)
-        mouth = audio.envelope(driver, times, window)
-    else:
-        mouth = audio.envelope(speech, times - fake.av_offset, window)
-        mouth[(times - fake.av_offset < 0) | (times - fake.av_offset > n.duration)] = 0
-    return audio.finish(speech, n, rng(spec.seed, spec.index, RENDER, 0)), mouth
+def grade_lut(cam: Camera) -> np.ndarray:
+    """The camera's white balance and gamma as a 3-channel lookup table for cv2.LUT."""
+    v = np.arange(256, dtype=np.float32)[:, None] / 255
+    lut = np.clip((v * np.array(cam.gains, np.float32)) ** cam.gamma, 0, 1) * 255
+    return (lut + 0.5).astype(np.uint8)[None, :, :]
 
 
-def frames(spec: VideoSpec, ctx: Context, mouth: np.ndarray) -> Iterator[np.ndarray]:
-    n = spec.nuisance
+def noise_bank(cam: Camera, n: Nuisance, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Three frames of sensor noise (as + and - uint8 parts for saturating adds), larger than the frame so that
+    every frame takes a random window of one."""
+    if cam.noise < 0.002:
+        return []
+    cv2.setRNGSeed(seed)
+    bank = []
+    for _ in range(3):
+        noise = np.zeros((n.height + 16, n.width + 16, 3), np.int16)
+        cv2.randn(noise, 0, cam.noise * 255)
+        bank.append((np.clip(noise, 0, 255).astype(np.uint8), np.clip(-noise, 0, 255).astype(np.uint8)))
+    return bank
+
+
+# --- frames -----------------------------------------------------------------------------------------------------
+class LipSync:
+    """Per-frame re-rendering of the lower face: low-resolution generation blended in with a soft rectangle."""
+
+    def __init__(self, animator: Animator, res: float):
+        self.box = lower_face_box(animator)
+        x0, y0, x1, y1 = self.box
+        h, w = y1 - y0, x1 - x0
+        self.small = (max(8, int(res)), max(8, int(res * h / max(w, 1))))
+        ramp = lambda size: np.clip(np.minimum(np.arange(size), size - 1 - np.arange(size)) / (0.18 * size), 0, 1)  # noqa: E731
+        self.mask = np.minimum.outer(ramp(h), ramp(w)).astype(np.float32)[:, :, None]
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        x0, y0, x1, y1 = self.box
+        patch = rgb[y0:y1, x0:x1]
+        low = cv2.resize(cv2.resize(patch, self.small, interpolation=cv2.INTER_AREA), (x1 - x0, y1 - y0),
+                         interpolation=cv2.INTER_LINEAR)
+        rgb[y0:y1, x0:x1] = patch + self.mask * (low - patch)
+        return rgb
+
+
+def frames(spec: VideoSpec, ctx: Context, mouth: np.ndarray, head: np.ndarray) -> Iterator[np.ndarray]:
+    n, cam, f = spec.nuisance, spec.camera, spec.fake
+    params = dict(f.params)
     r = rng(spec.seed, spec.index, RENDER, 1)
-    portrait = make_identity(spec.identity, ctx.sources)
-    if spec.fake.donor is not None:
-        donor = make_identity(spec.fake.donor, ctx.sources)
-        portrait = face_swap(portrait, donor, spec.fake.swap_artifact, rng(spec.seed, spec.index, RENDER, 3))
-    animator = Animator(portrait)
-    bg = background(spec.layout, n.width, n.height, r)
+    face = identity_face(spec.identity, ctx)
+    filmed, jitter = face, None
+    if f.visual in SWAPS:
+        swap = face_swap(f.visual, face, identity_face(f.donor, ctx), params)
+        filmed = swap.face
+        if swap.layer is not None:
+            jitter = swap
+    shape = face.rgb.shape
+    head_box = face_box(face, shape, 2.3)
+    hx0, hy0, hx1, hy1 = head_box
+    anim_box = face_box(face, shape, 1.3)
+    ax0, ay0, ax1, ay1 = anim_box
+    inner = (slice(ay0 - hy0, ay1 - hy0), slice(ax0 - hx0, ax1 - hx0))
+    animator = Animator(filmed, anim_box)
+    if jitter is not None:  # the target's own face moves underneath; the pasted layer is re-blended every frame
+        under = Animator(face, anim_box)
+        layer = Animator(Face(jitter.layer, filmed.keypoints), anim_box)
+        layer_mask = jitter.mask[ay0:ay1, ax0:ax1, None]
+        jr = rng(spec.seed, spec.index, RENDER, 4)
+    lip_sync = LipSync(animator, params["res"]) if f.visual == "lip_sync_lowres_mouth" else None
+    inside = animator.inside * params["gain"] if f.visual == "lip_sync_viseme" else None
+
+    lut = grade_lut(cam)
+    photo = filmed.rgb
+    if cam.blur > 0.3:
+        photo = cv2.GaussianBlur(photo, (0, 0), cam.blur)
+    buffer = cv2.LUT(to_u8(photo), lut)
+    head_base = to_u8(filmed.rgb[hy0:hy1, hx0:hx1])
+    motion = HeadMotion(face, head_box)
     times = np.arange(n.frames) / n.fps
-    poses = head_poses(spec.layout, n, r, times)
+    poses = camera_path(cam, n, face, shape, r, times)
+    nod = wobble(r, times, cam.nod) + cam.speech_nod * np.convolve(head, np.ones(3) / 3, mode="same")
+    sway = [wobble(r, times, 0.04 * face.eye_distance) for _ in range(2)]
     closure = blinks(r, times)
+    bank = noise_bank(cam, n, int(r.integers(2**31)))
     for k in range(n.frames):
-        rgb = animator.render(float(mouth[k]), float(closure[k]))
-        yield composite(bg.copy(), rgb, portrait.mask, poses[k])
+        if jitter is not None:
+            base = under.render(float(mouth[k]), float(closure[k]))
+            top = layer.render(float(mouth[k]), float(closure[k]))
+            m = np.float32([[1, 0, jr.normal(0, jitter.jitter)], [0, 1, jr.normal(0, jitter.jitter)]])
+            top = cv2.warpAffine(top, m, top.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
+            mask = cv2.warpAffine(layer_mask, m, top.shape[1::-1])[:, :, None]
+            roi = base + mask * (top - base)
+        else:
+            roi = animator.render(float(mouth[k]), float(closure[k]), inside)
+        if lip_sync is not None:
+            roi = lip_sync.apply(roi)
+        region = head_base.copy()
+        region[inner] = to_u8(roi)
+        map_x, map_y = motion.maps(float(nod[k]), float(sway[0][k]), float(sway[1][k]))
+        region = cv2.remap(region, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        if cam.blur > 0.3:
+            region = cv2.GaussianBlur(region, (0, 0), cam.blur)
+        buffer[hy0:hy1, hx0:hx1] = cv2.LUT(region, lut)
+        frame = cv2.warpAffine(buffer, poses[k], (n.width, n.height), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT)
+        if bank:
+            plus, minus = bank[int(r.integers(len(bank)))]
+            y, x = int(r.integers(16)), int(r.integers(16))
+            frame = cv2.subtract(cv2.add(frame, plus[y:y + n.height, x:x + n.width]),
+                                 minus[y:y + n.height, x:x + n.width])
+        yield frame
 
 
 def encode(path: Path, video: Iterator[np.ndarray], sound: np.ndarray, n: Nuisance) -> None:
@@ -173,6 +317,21 @@ def encode(path: Path, video: Iterator[np.ndarray], sound: np.ndarray, n: Nuisan
 def make_video(spec: VideoSpec, ctx: Context, path: Path) -> int:
     """Render and write one video; returns its size in bytes."""
     cv2.setNumThreads(1)
-    sound, mouth = build_audio(spec, ctx)
-    encode(path, frames(spec, ctx, mouth), sound, spec.nuisance)
+    sound, mouth, head = build_audio(spec, ctx)
+    encode(path, frames(spec, ctx, mouth, head), sound, spec.nuisance)
     return path.stat().st_size
+
+
+# --- worker processes -------------------------------------------------------------------------------------------
+_CONTEXT: Context | None = None
+
+
+def init_worker(context: Context) -> None:
+    global _CONTEXT
+    _CONTEXT = context
+
+
+def render_group(specs: list[VideoSpec], out: str) -> list[tuple[str, int]]:
+    """Worker entry point: writes ``out/<split>/<name>`` for each spec (the videos of one identity, so that a
+    worker derives the identity once) with the context given to ``init_worker``."""
+    return [(spec.name, make_video(spec, _CONTEXT, Path(out) / spec.split / spec.name)) for spec in specs]
