@@ -1,9 +1,9 @@
 """Packing throughput against decoding the same frames alone (not a test; prints JSON).
 
-    python -m scripts.bench_pack --videos DIR [--workers N] [--limit 40] [--frames 16 --size 224]
+    python -m scripts.bench_pack --videos DIR [--workers N] [--limit 40] [--config configs/base.yaml]
 
 Three runs over the same videos, each in N spawned worker processes (one thread each):
-  decode : ``shards.extract.load_frames`` only: open, index, decode and convert the clip's T frames (the exact
+  decode : ``shards.extract.load_frames`` only: open, index, decode and convert the clip's W x K frames (the exact
            code path packing uses, without detection, cropping, audio or encoding);
   decode+audio : the same plus the clip's audio span (what packing cannot avoid decoding);
   pack   : the real ``shards.pack`` run (extract + encode + tar writing + manifest) into a temporary folder.
@@ -20,6 +20,7 @@ video back to back in the same worker (best of 2 each): the most load-robust rat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from shards.extract import ExtractOptions
 from shards.inputs import VIDEO_EXTENSIONS
+from train.config import load_config
 
 
 def _init() -> None:
@@ -130,7 +132,7 @@ def stage_profile(videos: list[Path], options: ExtractOptions) -> dict:
     """Seconds per video of each packing stage, measured in this process on up to 8 videos."""
     from shards import media
     from shards.extract import _detect, detect_faces, load_frames
-    from shards.faces import FaceDetector, crop_square, square_box
+    from shards.faces import FaceDetector, crop_square, mouth_box, square_box
     from shards.format import encode_jpeg
 
     detector = FaceDetector()
@@ -153,6 +155,8 @@ def stage_profile(videos: list[Path], options: ExtractOptions) -> dict:
                 h, w = rgb.shape[:2]
                 box = square_box(found[0], w, h, options.margin) if found else (0, 0, min(w, h), min(w, h))
                 crops.append(crop_square(rgb, box, options.size))
+                if found:
+                    crops.append(crop_square(rgb, mouth_box(found[0], options.mouth_scale), options.mouth_size))
             t4 = time.perf_counter()
             if info.has_audio:
                 media.decode_audio(container, frames.clip_start, frames.clip_end, options.audio_sample_rate)
@@ -171,22 +175,19 @@ def stage_profile(videos: list[Path], options: ExtractOptions) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m scripts.bench_pack", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--limit", type=int, default=40, help="use the first N videos (sorted)")
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--margin", type=float, default=ExtractOptions().margin)
-    parser.add_argument("--max-clip-seconds", type=float, default=ExtractOptions().max_clip_seconds)
+    parser.add_argument("--config", type=Path, default=Path("configs/base.yaml"),
+                        help="the training config whose clips are extracted (its data section)")
     parser.add_argument("--detect-stride", type=int, default=ExtractOptions().detect_stride)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     videos = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)[: args.limit]
     if not videos:
         parser.error(f"no videos in {args.videos}")
-    options = ExtractOptions(frames=args.frames, size=args.size, margin=args.margin,
-                             max_clip_seconds=args.max_clip_seconds, detect_stride=args.detect_stride)
+    options = dataclasses.replace(load_config(args.config).data.extract_options(), detect_stride=args.detect_stride)
     workers = max(1, args.workers)
     decode = run_decode(videos, options, workers, audio=False)
     decode_audio = run_decode(videos, options, workers, audio=True)

@@ -1,17 +1,23 @@
-"""One video -> one ``Clip`` (face crops, aligned mono audio, metadata). Shared by ``shards.pack`` and ``infer``.
+"""One video -> one ``Clip`` (face and mouth crops of runs of consecutive frames, mono audio, metadata). Shared by
+``shards.pack`` and ``infer``.
 
-    clip = extract(path, ExtractOptions(frames=16, size=224), FaceDetector())
+    clip = extract(path, ExtractOptions(windows=4, window_frames=16, size=224), FaceDetector())
 
-Timing (the project contract): the clip is the whole video capped at ``max_clip_seconds`` (centred); frame i is
-the one on screen at t_i = clip_start + (i + 0.5) * span / T, and the audio covers exactly
-[clip_start, clip_end] at 16 kHz, so audio segment i = [clip_start + i*span/T, clip_start + (i+1)*span/T] is
-aligned with frame i.
+Timing (the project contract, format 2): the clip is the whole video capped at ``max_clip_seconds`` (centred). It
+is read in W = ``windows`` windows of K = ``window_frames`` consecutive frames at ``fps`` (the video is resampled
+to that rate: frame k of a window is the one on screen at start + (k + 0.5) / fps), the windows' centres spread
+evenly over the clip (window w centred at clip_start + (w + 0.5) * span / W, kept inside the clip; they overlap
+when the clip is shorter than W windows). The audio covers exactly [clip_start, clip_end] at 16 kHz;
+``window_starts`` (seconds from clip_start) cut each window's audio exactly to its frames: window w's frame k
+owns the audio [start_w + k / fps, start_w + (k + 1) / fps].
 
 Faces: BlazeFace on the sampled frames (downscaled to ``detect_side``; every ``detect_stride``-th frame, boxes
-interpolated in between where the detections agree, see ``detect_faces``), linked into tracks, the most persistent
-track kept (``shards.faces.track_main_face``) and its gaps filled from the nearest detection; each frame is
-cropped square around that face with ``margin`` and resized to ``size``. Frames larger than ``max_frame_side``
-are downscaled while converting to RGB (a 4K source is cropped from its 1920-wide version), which bounds memory.
+and keypoints interpolated in between where the detections agree, see ``detect_faces``), linked into tracks, the
+most persistent track kept (``shards.faces.track_main_face``), its gaps filled from the nearest detection and its
+boxes and keypoints smoothed over time within each window; each frame is cropped square around that face with
+``margin`` and resized to ``size``, and around the mouth keypoint (a square of ``mouth_scale`` x the face box's
+width) resized to ``mouth_size``. Frames larger than ``max_frame_side`` are downscaled while converting to RGB (a
+4K source is cropped from its 1920-wide version), which bounds memory.
 
 Failures raise ``ExtractionError`` with one of ``FAILURE_REASONS``; usable inputs with a problem are packed with
 ``fallbacks`` from ``FALLBACKS`` listed in the metadata:
@@ -21,7 +27,7 @@ Failures raise ``ExtractionError`` with one of ``FAILURE_REASONS``; usable input
   audio_unreadable an audio stream that does not decode in the clip span: silent audio, ``has_audio`` false
   partial_audio    the audio stream covers less of the span than the video (more than 0.25 s missing; zeros)
   truncated        the file ends before its header says: the clip is taken from what is really there
-  repeated_frames  fewer distinct frames than T (very short videos): frames repeat in time order
+  repeated_frames  a window has fewer distinct frames than K (short or low-frame-rate videos): frames repeat
   decode_errors    some packets failed to decode; the nearest decoded frame stands in
 """
 
@@ -33,7 +39,17 @@ from pathlib import Path
 import numpy as np
 
 from shards import media
-from shards.faces import Face, center_box, crop_square, fill_gaps, iou, square_box, track_main_face
+from shards.faces import (
+    Face,
+    center_box,
+    crop_square,
+    fill_gaps,
+    iou,
+    mouth_box,
+    smooth_track,
+    square_box,
+    track_main_face,
+)
 
 AUDIO_SAMPLE_RATE = 16000
 FAILURE_REASONS = (
@@ -50,6 +66,7 @@ FAILURE_REASONS = (
 FALLBACKS = ("no_face", "no_audio", "audio_unreadable", "partial_audio", "truncated", "repeated_frames",
              "decode_errors")
 PARTIAL_AUDIO_SECONDS = 0.25
+FORMAT = 2  # the sample format (shards.format): windows of consecutive frames with mouth crops
 AGREE_IOU = 0.6  # detected boxes this similar at both ends of a gap: interpolate the frames between
 
 
@@ -66,33 +83,51 @@ class ExtractionError(Exception):
 class ExtractOptions:
     """What a clip is made of. Every field but ``decode_threads`` changes the content (see ``content()``)."""
 
-    frames: int = 16  # T frames per clip
-    size: int = 224  # crop side in pixels
+    windows: int = 4  # W runs of consecutive frames spread over the clip
+    window_frames: int = 16  # K consecutive frames per window
+    fps: float = 25.0  # the rate the windows' frames are taken at (the video is resampled to it)
+    size: int = 224  # face crop side in pixels
+    mouth_size: int = 64  # mouth crop side in pixels
     margin: float = 0.3  # added to each side of the face box, as a fraction of its side
+    mouth_scale: float = 0.5  # mouth crop side as a fraction of the face box's width
     max_clip_seconds: float = 10.0
     jpeg_quality: int = 95
     audio_sample_rate: int = AUDIO_SAMPLE_RATE
+    audio_shift: float = 0.0  # seconds the audio is taken later than the frames (0: in sync; evaluations only)
     max_frame_side: int = 1920  # larger frames are downscaled while decoding (bounds memory, 4K -> 1080p)
     detect_side: int = 640  # frames are downscaled to this longer side for face detection
     detect_stride: int = 4  # detect on every k-th frame; the rest only where neighbouring boxes disagree
+    smooth_frames: int = 5  # boxes and keypoints are averaged over this many consecutive frames of a window
     decode_threads: int = 1  # FFmpeg threads per video (1 when packing with one process per core)
 
     def __post_init__(self) -> None:
         problems = []
-        if self.frames < 1:
-            problems.append(f"frames={self.frames} (need >= 1)")
-        if not 16 <= self.size <= 1024:
-            problems.append(f"size={self.size} (need 16..1024)")
-        if not 0 <= self.margin <= 2:
-            problems.append(f"margin={self.margin} (need 0..2)")
+        if self.windows < 1 or self.window_frames < 1:
+            problems.append(f"windows={self.windows}, window_frames={self.window_frames} (need >= 1)")
+        if not 1 <= self.fps <= 120:
+            problems.append(f"fps={self.fps} (need 1..120)")
+        if not 16 <= self.size <= 1024 or not 8 <= self.mouth_size <= 512:
+            problems.append(f"size={self.size}, mouth_size={self.mouth_size} (need 16..1024 and 8..512)")
+        if not 0 <= self.margin <= 2 or not 0.1 <= self.mouth_scale <= 2:
+            problems.append(f"margin={self.margin}, mouth_scale={self.mouth_scale} (need 0..2 and 0.1..2)")
         if self.max_clip_seconds <= 0:
             problems.append(f"max_clip_seconds={self.max_clip_seconds} (need > 0)")
         if not 1 <= self.jpeg_quality <= 100:
             problems.append(f"jpeg_quality={self.jpeg_quality} (need 1..100)")
-        if self.detect_stride < 1 or self.detect_side < 64 or self.max_frame_side < 64:
-            problems.append("detect_stride >= 1, detect_side >= 64 and max_frame_side >= 64 are required")
+        if self.detect_stride < 1 or self.detect_side < 64 or self.max_frame_side < 64 or self.smooth_frames < 1:
+            problems.append("detect_stride >= 1, detect_side >= 64, max_frame_side >= 64 and smooth_frames >= 1 are "
+                            "required")
         if problems:
             raise ValueError("invalid ExtractOptions: " + "; ".join(problems))
+
+    @property
+    def frames(self) -> int:
+        """T = W x K frames per clip."""
+        return self.windows * self.window_frames
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_frames / self.fps
 
     def content(self) -> dict:
         """The options that change what a clip contains (recorded with packed shards and compared on resume)."""
@@ -101,10 +136,12 @@ class ExtractOptions:
 
 @dataclass
 class Clip:
-    """frames: uint8 [T, S, S, 3] RGB; audio: int16 [N] mono at meta["audio_sample_rate"]; meta: the sample json
-    (without the label)."""
+    """frames: uint8 [T, S, S, 3] RGB face crops; mouths: uint8 [T, M, M, 3] RGB mouth crops (T = W x K, window by
+    window); audio: int16 [N] mono at meta["audio_sample_rate"] covering the clip; meta: the sample json (without the
+    label)."""
 
     frames: np.ndarray
+    mouths: np.ndarray
     audio: np.ndarray
     meta: dict = field(default_factory=dict)
 
@@ -115,9 +152,17 @@ def clip_span(start: float, duration: float, max_seconds: float) -> tuple[float,
     return clip_start, clip_start + span
 
 
-def frame_times(clip_start: float, clip_end: float, frames: int) -> list[float]:
-    span = clip_end - clip_start
-    return [clip_start + (i + 0.5) * span / frames for i in range(frames)]
+def window_starts(clip_start: float, clip_end: float, options: ExtractOptions) -> list[float]:
+    """Start time of each window: centres spread evenly over the clip, each window kept inside it when it fits."""
+    span, length = clip_end - clip_start, options.window_seconds
+    latest = max(clip_start, clip_end - length)
+    return [min(max(clip_start + (w + 0.5) * span / options.windows - length / 2, clip_start), latest)
+            for w in range(options.windows)]
+
+
+def frame_times(starts: list[float], options: ExtractOptions) -> list[float]:
+    """The wanted time of every frame, window by window: start + (k + 0.5) / fps."""
+    return [start + (k + 0.5) / options.fps for start in starts for k in range(options.window_frames)]
 
 
 def extract(path: str | Path, options: ExtractOptions, detector) -> Clip:
@@ -142,8 +187,7 @@ def _extract(path: Path, container, options: ExtractOptions, detector) -> Clip:
         raise ExtractionError("no_video_stream", f"{path.name} has no video stream (audio only)")
     fallbacks: list[str] = []
     decoded = load_frames(container, info, options, fallbacks)
-    rgb, times, actual_times = decoded.rgb, decoded.times, decoded.frame_times
-    clip_start, clip_end, duration = decoded.clip_start, decoded.clip_end, decoded.duration
+    rgb, clip_start, clip_end = decoded.rgb, decoded.clip_start, decoded.clip_end
 
     height, width = rgb[0].shape[:2]
     coded = (info.width or width, info.height or height)
@@ -154,38 +198,52 @@ def _extract(path: Path, container, options: ExtractOptions, detector) -> Clip:
     detections = detect_faces(rgb, detector, options)
     track = fill_gaps(track_main_face(detections))
     has_face = any(f is not None for f in track)
-    crops, boxes, crop_boxes, scores = [], [], [], []
+    smoothed = [face for w in range(options.windows) for face in smooth_track(
+        track[w * options.window_frames:(w + 1) * options.window_frames], options.smooth_frames)]
+    crops, mouths, boxes, crop_boxes, mouth_boxes, scores = [], [], [], [], [], []
     for t, frame in enumerate(rgb):
-        face = track[t]
+        face = smoothed[t]
         box = square_box(face, width, height, options.margin) if face is not None else center_box(width, height)
+        lips = mouth_box(face, options.mouth_scale) if face is not None else _lower_centre(box)
         crops.append(crop_square(frame, box, options.size))
+        mouths.append(crop_square(frame, lips, options.mouth_size))
         crop_boxes.append([round(v * to_source, 1) for v in box])
+        mouth_boxes.append([round(v * to_source, 1) for v in lips])
         boxes.append([round(v * to_source, 1) for v in face.box()] if face is not None else None)
-        detected = face is not None and any(face is d for d in detections[t])
-        scores.append(round(face.score, 4) if detected else None)
+        detected = track[t] is not None and any(track[t] is d for d in detections[t])
+        scores.append(round(track[t].score, 4) if detected else None)
     if not has_face:
         fallbacks.append("no_face")
 
     audio, has_audio, audio_stats = _audio(container, info, clip_start, clip_end, options, fallbacks)
     meta = {
+        "format": FORMAT,
         "video_name": path.name,
+        "windows": options.windows,
+        "window_frames": options.window_frames,
         "frames": options.frames,
+        "fps": options.fps,
         "size": options.size,
+        "mouth_size": options.mouth_size,
         "margin": options.margin,
+        "mouth_scale": options.mouth_scale,
         "jpeg_quality": options.jpeg_quality,
         "clip_start": round(clip_start, 6),
         "clip_end": round(clip_end, 6),
-        "times": [round(t, 6) for t in times],
-        "frame_times": [round(t, 6) for t in actual_times],
+        "window_starts": [round(t - clip_start, 6) for t in decoded.window_starts],  # seconds from clip_start
+        "times": [round(t, 6) for t in decoded.times],
+        "frame_times": [round(t, 6) for t in decoded.frame_times],
         "boxes": boxes,  # the face box each crop is centred on (source pixels); null when no face at all
         "crop_boxes": crop_boxes,  # the square actually cropped (may overhang the frame: black padding)
+        "mouth_boxes": mouth_boxes,  # the square the mouth crop was cut from (source pixels)
         "scores": scores,  # detector score; null where the box was filled in from a neighbouring frame
         "fallbacks": fallbacks,
         "has_face": has_face,
         "has_audio": has_audio,
         "audio_sample_rate": options.audio_sample_rate,
+        "audio_shift": options.audio_shift,
         "source": {
-            "duration": round(duration, 6),
+            "duration": round(decoded.duration, 6),
             "fps": round(info.fps, 4) if info.fps else None,
             "width": source_w,
             "height": source_h,
@@ -200,14 +258,23 @@ def _extract(path: Path, container, options: ExtractOptions, detector) -> Clip:
             "bytes": path.stat().st_size,
         },
     }
-    return Clip(frames=np.stack(crops), audio=audio, meta=meta)
+    return Clip(frames=np.stack(crops), mouths=np.stack(mouths), audio=audio, meta=meta)
+
+
+def _lower_centre(box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Without a face: the middle of the lower half of the frame's centre crop stands in for the mouth."""
+    x0, y0, x1, y1 = box
+    side = max(2, (x1 - x0) // 3)
+    cx, cy = (x0 + x1) // 2, y0 + 3 * (y1 - y0) // 4
+    return cx - side // 2, cy - side // 2, cx - side // 2 + side, cy - side // 2 + side
 
 
 @dataclass
 class DecodedFrames:
-    rgb: list[np.ndarray]  # T frames at working resolution (display orientation)
-    times: list[float]  # the wanted t_i
-    frame_times: list[float]  # timestamps of the frames actually shown at t_i
+    rgb: list[np.ndarray]  # W x K frames at working resolution (display orientation), window by window
+    times: list[float]  # the wanted times
+    frame_times: list[float]  # timestamps of the frames actually shown then
+    window_starts: list[float]
     clip_start: float
     clip_end: float
     duration: float
@@ -215,18 +282,25 @@ class DecodedFrames:
 
 
 def load_frames(container, info: media.MediaInfo, options: ExtractOptions, fallbacks: list[str]) -> DecodedFrames:
-    """The clip's T frames (the decode half of ``extract``; python -m scripts.bench_pack times it alone)."""
+    """The clip's W x K frames (the decode half of ``extract``; python -m scripts.bench_pack times it alone)."""
     period = 1.0 / info.fps if info.fps else 0.04
     start, duration, index = _usable_duration(container, info, options, period, fallbacks)
     clip_start, clip_end = clip_span(start, duration, options.max_clip_seconds)
-    times = frame_times(clip_start, clip_end, options.frames)
-    rgb, actual_times, stats = media.decode_frames(container, times, max_side=options.max_frame_side,
-                                                   threads=options.decode_threads, index=index)
-    if len(set(actual_times)) < options.frames:
+    starts = window_starts(clip_start, clip_end, options)
+    times = frame_times(starts, options)
+    order = sorted(range(len(times)), key=lambda i: times[i])  # overlapping windows (short clips) interleave
+    rgb_sorted, actual_sorted, stats = media.decode_frames(container, [times[i] for i in order],
+                                                           max_side=options.max_frame_side,
+                                                           threads=options.decode_threads, index=index)
+    rgb, actual = [None] * len(times), [0.0] * len(times)
+    for position, i in enumerate(order):
+        rgb[i], actual[i] = rgb_sorted[position], actual_sorted[position]
+    if any(len(set(actual[w * options.window_frames:(w + 1) * options.window_frames])) < options.window_frames
+           for w in range(options.windows)):
         fallbacks.append("repeated_frames")
     if stats["errors"] or stats["missing"]:
         fallbacks.append("decode_errors")
-    return DecodedFrames(rgb, times, actual_times, clip_start, clip_end, duration, stats)
+    return DecodedFrames(rgb, times, actual, starts, clip_start, clip_end, duration, stats)
 
 
 def _usable_duration(container, info: media.MediaInfo, options: ExtractOptions, period: float,
@@ -255,11 +329,11 @@ def _usable_duration(container, info: media.MediaInfo, options: ExtractOptions, 
 def detect_faces(rgb: list[np.ndarray], detector, options: ExtractOptions) -> list[list[Face]]:
     """Faces per frame (working-resolution pixels), largest first.
 
-    The detector (a fixed ~2.5 ms per call whatever the frame size) runs on every ``detect_stride``-th frame and
-    the last. Between two detected frames whose faces agree (same count, each pair IoU >= 0.6) the boxes are
-    interpolated linearly (score of the weaker end); where they disagree the middle frame is detected and both
-    halves are checked again, down to single frames. Static talking heads cost T/stride calls; moving or
-    appearing faces fall back to detecting every frame where needed.
+    The detector (a fixed ~2.5 ms per call whatever the frame size) runs on every ``detect_stride``-th frame of a
+    window and its last. Between two detected frames of a window whose faces agree (same count, each pair IoU >=
+    0.6) the boxes and keypoints are interpolated linearly (score of the weaker end); where they disagree the
+    middle frame is detected and both halves are checked again, down to single frames. Static talking heads cost
+    about T/stride calls; moving or appearing faces fall back to detecting every frame where needed.
     """
     n = len(rgb)
     found: dict[int, list[Face]] = {}
@@ -283,11 +357,14 @@ def detect_faces(rgb: list[np.ndarray], detector, options: ExtractOptions) -> li
         refine(a, middle)
         refine(middle, b)
 
-    anchors = sorted(set(range(0, n, max(1, options.detect_stride))) | {n - 1})
-    for a, b in zip(anchors, anchors[1:], strict=False):
-        refine(a, b)
-    for i in anchors:
-        run(i)
+    k = options.window_frames if n == options.frames else n  # interpolate within a window, never across two
+    for first in range(0, n, k):
+        last = min(n, first + k) - 1
+        anchors = sorted(set(range(first, last + 1, max(1, options.detect_stride))) | {last})
+        for a, b in zip(anchors, anchors[1:], strict=False):
+            refine(a, b)
+        for i in anchors:
+            run(i)
     return [found[i] for i in range(n)]
 
 
@@ -320,8 +397,10 @@ def _audio(container, info: media.MediaInfo, clip_start: float, clip_end: float,
     if not info.has_audio:
         fallbacks.append("no_audio")
         return np.zeros(samples, dtype=np.int16), False, {}
+    shift = options.audio_shift  # evaluations pair the frames with audio from elsewhere in the video
     try:
-        audio, stats = media.decode_audio(container, clip_start, clip_end, options.audio_sample_rate)
+        audio, stats = media.decode_audio(container, clip_start + shift, clip_end + shift,
+                                          options.audio_sample_rate)
     except media.MediaError:
         fallbacks.append("audio_unreadable")
         return np.zeros(samples, dtype=np.int16), False, {}

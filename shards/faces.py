@@ -186,6 +186,36 @@ def square_box(face: Face, width: int, height: int, margin: float) -> tuple[int,
     return x0, y0, x0 + s, y0 + s
 
 
+def smooth_track(track: list[Face | None], frames: int) -> list[Face | None]:
+    """Boxes and keypoints averaged over ``frames`` consecutive frames (centred; fewer at the ends): detector jitter
+    would otherwise shake the crops, and the mouth crop most. Frames without a face stay None."""
+    half = frames // 2
+    out: list[Face | None] = []
+    for t, face in enumerate(track):
+        if face is None or frames <= 1:
+            out.append(face)
+            continue
+        near = [f for f in track[max(0, t - half):t + half + 1] if f is not None]
+        box = np.mean([f.box() for f in near], axis=0)
+        keypoints = ()
+        if all(len(f.keypoints) == len(face.keypoints) for f in near) and face.keypoints:
+            keypoints = tuple(map(tuple, np.mean([f.keypoints for f in near], axis=0).tolist()))
+        out.append(Face(*box.tolist(), face.score, keypoints))
+    return out
+
+
+def mouth_box(face: Face, scale: float) -> tuple[int, int, int, int]:
+    """A square around the mouth: centred on BlazeFace's mouth keypoint (or, without keypoints, at 78% of the box's
+    height), ``scale`` x the face box's width on a side."""
+    if len(face.keypoints) > 3:
+        cx, cy = face.keypoints[3]
+    else:
+        cx, cy = (face.x0 + face.x1) / 2, face.y0 + 0.78 * (face.y1 - face.y0)
+    side = max(2, int(round(scale * (face.x1 - face.x0))))
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    return x0, y0, x0 + side, y0 + side
+
+
 def center_box(width: int, height: int) -> tuple[int, int, int, int]:
     """The fallback crop when no face is found: the largest centred square."""
     side = min(width, height)

@@ -1,12 +1,17 @@
 """The shard sample format: the one place that encodes a ``Clip`` into tar members and decodes them again.
 
-A sample (one video) is stored as ``<key>.json``, ``<key>.f00.jpg`` .. ``<key>.f{T-1:02d}.jpg``,
-``<key>.audio.npy`` (int16 mono) and ``<key>.cls`` (only when the label is known); see the project contract for
-the json fields. ``decode`` turns the raw members (as WebDataset yields them, bytes per extension) into the
-reader's output::
+A sample (one video, format 2) is stored as ``<key>.json``, the face crops ``<key>.f000.jpg`` ..
+``<key>.f{T-1:03d}.jpg``, the mouth crops ``<key>.m000.jpg`` .., ``<key>.audio.npy`` (int16 mono over the clip)
+and ``<key>.cls`` (only when the label is known); T = windows x window_frames, window by window (see
+``shards.extract`` for the timing and the json fields). ``decode`` turns the raw members (as WebDataset yields
+them, bytes per extension) into the reader's output::
 
-    {"frames": uint8 tensor [T, 3, S, S], "audio": float32 tensor [N] in [-1, 1], "label": int (-1 unknown),
-     "key": exact video file name, "has_face": bool, "has_audio": bool, "meta": the json dict}
+    {"frames": uint8 tensor [T, 3, S, S], "mouths": uint8 tensor [T, 3, M, M], "audio": float32 tensor [N] in
+     [-1, 1], "label": int (-1 unknown), "key": exact video file name, "has_face": bool, "has_audio": bool,
+     "meta": the json dict}
+
+Samples of another format (format 1 had T frames spread over the clip, no mouths) are refused with a message that
+says to repack.
 
 ``clip_to_sample(clip, label)`` = ``decode(encode(clip, ...))``: inference sees exactly what training saw,
 JPEG round trip included. Encoding is deterministic (same clip -> same bytes).
@@ -19,13 +24,15 @@ import json
 
 import numpy as np
 
-from shards.extract import Clip
+from shards.extract import FORMAT, Clip
 
-FRAME_EXT = "f{:02d}.jpg"
+FRAME_EXT = "f{:03d}.jpg"
+MOUTH_EXT = "m{:03d}.jpg"
 # json fields written by extraction and encoding; extra per-video columns (shards.pack --meta) may not reuse them
 RESERVED_JSON_KEYS = frozenset({
-    "video_name", "label", "frames", "size", "margin", "jpeg_quality", "clip_start", "clip_end", "times",
-    "frame_times", "boxes", "crop_boxes", "scores", "fallbacks", "has_face", "has_audio", "audio_sample_rate",
+    "format", "video_name", "label", "windows", "window_frames", "frames", "fps", "size", "mouth_size", "margin",
+    "mouth_scale", "jpeg_quality", "clip_start", "clip_end", "window_starts", "times", "frame_times", "boxes",
+    "crop_boxes", "mouth_boxes", "scores", "fallbacks", "has_face", "has_audio", "audio_sample_rate", "audio_shift",
     "source",
 })
 AUDIO_EXT = "audio.npy"
@@ -75,6 +82,8 @@ def encode(clip: Clip, key: str, label: int | None) -> dict[str, bytes | str]:
     sample["json"] = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     for i, frame in enumerate(clip.frames):
         sample[FRAME_EXT.format(i)] = encode_jpeg(frame, quality)
+    for i, mouth in enumerate(clip.mouths):
+        sample[MOUTH_EXT.format(i)] = encode_jpeg(mouth, quality)
     sample[AUDIO_EXT] = encode_npy(clip.audio.astype(np.int16, copy=False))
     if label is not None:
         sample["cls"] = str(int(label)).encode()
@@ -89,17 +98,24 @@ def decode(sample: dict) -> dict:
     if "json" not in sample:
         raise ValueError(f"sample {key} ({sample.get('__url__', '?')}) has no .json member: not a shards sample")
     meta = json.loads(sample["json"])
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"sample {key} ({sample.get('__url__', '?')}) is shard format {meta.get('format', 1)}, this "
+                         f"code reads format {FORMAT} (windows of consecutive frames with mouth crops): repack the "
+                         "videos with `python -m shards.pack` into a new folder")
     count = int(meta["frames"])
     names = [FRAME_EXT.format(i) for i in range(count)]
-    missing = [n for n in names + [AUDIO_EXT] if n not in sample]
+    mouth_names = [MOUTH_EXT.format(i) for i in range(count)]
+    missing = [n for n in names + mouth_names + [AUDIO_EXT] if n not in sample]
     if missing:
         raise ValueError(f"sample {key} ({sample.get('__url__', '?')}) lacks members {missing}: the shard is "
                          "damaged or from another tool; repack it with `python -m shards.pack`")
     frames = np.stack([decode_jpeg(sample[n]) for n in names])
+    mouths = np.stack([decode_jpeg(sample[n]) for n in mouth_names])
     pcm = decode_npy(sample[AUDIO_EXT])
     label = meta.get("label")
     return {
         "frames": torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),
+        "mouths": torch.from_numpy(mouths).permute(0, 3, 1, 2).contiguous(),
         "audio": torch.from_numpy(pcm.astype(np.float32) / 32768.0),
         "label": -1 if label is None else int(label),
         "key": meta.get("video_name", key),

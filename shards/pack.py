@@ -2,7 +2,8 @@
 
     python -m shards.pack --videos DIR [--labels LABELS.csv] --out OUTDIR [--workers N]
     python -m shards.pack --data DATA --split train --out OUTDIR ...   (a competition data folder's split)
-        [--frames 16 --size 224 --margin 0.3 --max-clip-seconds 10 --jpeg-quality 95]
+        [--windows 4 --window-frames 16 --fps 25 --size 224 --mouth-size 64 --margin 0.3 --mouth-scale 0.5]
+        [--max-clip-seconds 10 --jpeg-quality 95]
         [--shard-max-mb 256 | --shard-max-count N] [--num-parts N --part I] [--allow-unlabeled]
         [--allow-missing-videos] [--meta META.csv [--meta-columns category,method]] [--video-timeout 300]
 
@@ -25,8 +26,8 @@ options. The default count comes from ``--shard-max-mb`` and ``estimate_sample_b
 ``JPEG_BYTES_PER_PIXEL`` bytes per pixel at quality 95, measured on face crops, plus the longest audio).
 
 Robustness (``shards.pool``): every video is extracted in a worker process under a per-video try/except and time
-limit; a worker killed by the OS is replaced and only a video that kills a worker twice fails (``worker_died``). Before any video is read, the face detector must find the face in a known portrait
-(``shards.faces.self_check``), so a broken install stops the run with one message naming the missing piece
+limit; a worker killed by the OS is replaced and only a video that kills a worker twice fails (``worker_died``).
+Before any video is read, the face detector must find the face in a known portrait (``shards.faces.self_check``), so a broken install stops the run with one message naming the missing piece
 (exit 5) instead of failing every video. A run exits 0 when at most ``--max-failed-fraction`` of the inputs
 failed (the shards and manifest are written either way), 1 when more failed or nothing was packed (stderr
 names the most common reasons with counts), 2 on usage or label errors, 5 when the detector is unusable.
@@ -117,11 +118,11 @@ class PackConfig:
 
 
 def estimate_sample_bytes(options: ExtractOptions) -> int:
-    """A generous size of one sample: T JPEG crops + the longest audio + json + tar headers."""
-    jpeg = options.frames * options.size * options.size * JPEG_BYTES_PER_PIXEL
+    """A generous size of one sample: T face and T mouth JPEGs + the longest audio + json + tar headers."""
+    pixels = options.frames * (options.size ** 2 + options.mouth_size ** 2)
     audio = options.max_clip_seconds * options.audio_sample_rate * 2
-    json_bytes = 1500 + 150 * options.frames
-    return int(jpeg + audio + json_bytes + TAR_MEMBER_OVERHEAD * (options.frames + 3))
+    json_bytes = 1500 + 250 * options.frames
+    return int(pixels * JPEG_BYTES_PER_PIXEL + audio + json_bytes + TAR_MEMBER_OVERHEAD * (2 * options.frames + 3))
 
 
 def part_slice(items: list, part: int, num_parts: int) -> list:
@@ -327,9 +328,14 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
     p.add_argument("--out", type=Path, required=True, help="output folder (shared by all parts)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="extraction processes (default: all cores; 0 = in this process)")
-    p.add_argument("--frames", type=int, default=defaults.frames, help="T frames per clip")
+    p.add_argument("--windows", type=int, default=defaults.windows, help="W windows of consecutive frames per clip")
+    p.add_argument("--window-frames", type=int, default=defaults.window_frames, help="K consecutive frames a window")
+    p.add_argument("--fps", type=float, default=defaults.fps, help="frame rate the windows are taken at")
     p.add_argument("--size", type=int, default=defaults.size, help="face crop side in pixels")
+    p.add_argument("--mouth-size", type=int, default=defaults.mouth_size, help="mouth crop side in pixels")
     p.add_argument("--margin", type=float, default=defaults.margin, help="face box margin per side (fraction)")
+    p.add_argument("--mouth-scale", type=float, default=defaults.mouth_scale,
+                   help="mouth crop side as a fraction of the face box's width")
     p.add_argument("--max-clip-seconds", type=float, default=defaults.max_clip_seconds)
     p.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
     p.add_argument("--detect-stride", type=int, default=defaults.detect_stride,
@@ -373,9 +379,10 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
     if not a.prefix or "/" in a.prefix or "." in a.prefix:
         p.error("--prefix must be a plain name without '/' or '.'")
     try:
-        extract = ExtractOptions(frames=a.frames, size=a.size, margin=a.margin, max_clip_seconds=a.max_clip_seconds,
-                                 jpeg_quality=a.jpeg_quality, detect_stride=a.detect_stride,
-                                 max_frame_side=a.max_frame_side)
+        extract = ExtractOptions(windows=a.windows, window_frames=a.window_frames, fps=a.fps, size=a.size,
+                                 mouth_size=a.mouth_size, margin=a.margin, mouth_scale=a.mouth_scale,
+                                 max_clip_seconds=a.max_clip_seconds, jpeg_quality=a.jpeg_quality,
+                                 detect_stride=a.detect_stride, max_frame_side=a.max_frame_side)
     except ValueError as error:
         p.error(str(error))
     return PackConfig(videos=a.videos, out=a.out, labels=a.labels, extract=extract, shard_max_count=a.shard_max_count,

@@ -10,8 +10,8 @@
 
 ``make_dataset(urls, *, mode="eval", seed=0, epoch=0, shuffle_buffer=0, balance=False, rank=None,
 world_size=None, counts=None, decode=True) -> webdataset.DataPipeline`` yields ``shards.format.decode`` dicts:
-frames uint8 [T,3,S,S], audio float32 [N], label (int, -1 unknown), key (the video file name), has_face,
-has_audio, meta (the sample json). ``decode=False`` yields the raw members instead (bytes per extension).
+frames uint8 [T,3,S,S], mouths uint8 [T,3,M,M], audio float32 [N], label (int, -1 unknown), key (the video file
+name), has_face, has_audio, meta (the sample json). ``decode=False`` yields the raw members instead (bytes per extension).
 
 Splitting. ``rank``/``world_size`` default to torch.distributed when it is initialised, else 0/1; DataLoader
 workers are read from ``torch.utils.data.get_worker_info()``. There are rank x workers consumers ("slots").

@@ -59,7 +59,7 @@ def write_bad_inputs(folder: str | Path) -> Path:
     write_video(folder / "three_frames.mp4", seconds=0.12)
     write_video(folder / "uhd.mp4", width=3840, height=2160, seconds=0.4, crf=40)
     write_video(folder / "portrait.mp4", width=240, height=320)
-    write_video(folder / "long.mp4", seconds=30, fps=10, keyint=10, width=160, height=120, crf=40, sample_rate=16000)
+    write_video(folder / "long.mp4", seconds=30, fps=25, keyint=25, width=160, height=120, crf=40, sample_rate=16000)
     write_video(folder / "two faces.mp4", faces=2, width=480, height=270)
     write_video(folder / "with spaces é 日本.MP4")
     write_video(folder / "dotted.name.mp4")

@@ -41,11 +41,12 @@ def render_frame(index: int, width: int, height: int, fps: float, face: str | No
     photo = face_photo(face)
     t = index / fps
     for k in range(faces):
-        scale = 0.8 * min(width, height) / max(photo.shape[:2]) / (1 + k)
+        scale = 0.8 * min(width, height) / max(photo.shape[:2]) / (1 + 0.4 * k)
         pw, ph = max(2, int(photo.shape[1] * scale)), max(2, int(photo.shape[0] * scale))
         small = cv2.resize(photo, (pw, ph), interpolation=cv2.INTER_AREA)
-        cx = width * (0.5 if k == 0 else 0.85) + 0.03 * width * np.sin(2 * np.pi * 0.3 * t)
-        cy = height * (0.5 if k == 0 else 0.25) + 0.02 * height * np.cos(2 * np.pi * 0.2 * t)
+        place = 0.5 if faces == 1 else (0.62 if k == 0 else 0.2)  # two faces side by side, both detectable
+        cx = width * place + 0.03 * width * np.sin(2 * np.pi * 0.3 * t)
+        cy = height * 0.5 + 0.02 * height * np.cos(2 * np.pi * 0.2 * t)
         x0, y0 = int(round(cx - pw / 2)), int(round(cy - ph / 2))
         sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(width, x0 + pw), min(height, y0 + ph)
         if sx1 > sx0 and sy1 > sy0:

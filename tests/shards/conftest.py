@@ -8,7 +8,8 @@ import pytest
 
 from scripts.synth.media_factory import write_video
 
-PACK_OPTIONS = ["--frames", "4", "--size", "64", "--no-progress"]  # small and fast; shard size given per test
+# small and fast (one window of 4 frames); shard size given per test
+PACK_OPTIONS = ["--windows", "1", "--window-frames", "4", "--size", "64", "--mouth-size", "32", "--no-progress"]
 # name -> (label, write_video arguments): variety in fps, audio format and face without being slow to make
 GOOD_VIDEOS = {
     "0a1b2c3d4e5f60718293a4b5c6d7e8f9.mp4": (0, {}),

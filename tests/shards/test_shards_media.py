@@ -8,7 +8,7 @@ import pytest
 
 from scripts.synth.media_factory import write_video
 from shards import media
-from shards.extract import clip_span, frame_times
+from shards.extract import ExtractOptions, clip_span, frame_times, window_starts
 
 
 def brute_force(path, times, max_side=1920):
@@ -23,18 +23,21 @@ def brute_force(path, times, max_side=1920):
     return out, len(decoded)
 
 
-@pytest.mark.parametrize("keyint, frames, preset", [(5, 6, "ultrafast"), (250, 6, "ultrafast"), (5, 40, "ultrafast"),
-                                                    (12, 7, "veryfast"), (250, 16, "medium")])
-def test_decode_plan_matches_sequential_decode(tmp_path, keyint, frames, preset):
+@pytest.mark.parametrize("keyint, windows, window_frames, preset", [
+    (5, 6, 1, "ultrafast"), (250, 6, 1, "ultrafast"), (5, 40, 1, "ultrafast"), (12, 7, 1, "veryfast"),
+    (250, 16, 1, "medium"), (5, 3, 8, "veryfast"), (250, 2, 16, "medium")])
+def test_decode_plan_matches_sequential_decode(tmp_path, keyint, windows, window_frames, preset):
     path = write_video(tmp_path / "v.mp4", seconds=6, fps=25, keyint=keyint, audio=False, preset=preset)
-    times = frame_times(0.0, 6.0, frames)
+    options = ExtractOptions(windows=windows, window_frames=window_frames)
+    times = frame_times(window_starts(0.0, 6.0, options), options)
+    frames = len(times)
     with media.open_media(path) as container:
         got, actual, stats = media.decode_frames(container, times)
     expected, total = brute_force(path, times)
     for g, e in zip(got, expected, strict=True):
         assert np.array_equal(g, e)
     assert actual == sorted(actual) and len(got) == frames
-    if keyint == 5 and frames == 6:  # sparse frames, short GOPs: seeks skip most of the video
+    if keyint == 5 and windows == 6:  # sparse frames, short GOPs: seeks skip most of the video
         assert stats["seeks"] > 1 and stats["decoded"] < total // 2
     if keyint == 250:  # one GOP: one pass, nothing decoded twice
         assert stats["seeks"] == 1 and stats["decoded"] <= total

@@ -28,19 +28,26 @@ def test_one_sample_per_video_with_contract_members(packed_full):
     with tarfile.open(urls[0]) as tar:
         names = tar.getnames()
     key = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
-    assert names[:7] == [f"{key}.{m}" for m in ("audio.npy", "cls", "f00.jpg", "f01.jpg", "f02.jpg", "f03.jpg",
-                                                 "json")]
+    assert names[:11] == [f"{key}.{m}" for m in ("audio.npy", "cls", "f000.jpg", "f001.jpg", "f002.jpg", "f003.jpg",
+                                                  "json", "m000.jpg", "m001.jpg", "m002.jpg", "m003.jpg")]
     samples = samples_by_name(packed_full)
     assert sorted(samples) == sorted(GOOD_VIDEOS)
     for name, sample in samples.items():
         meta = sample["meta"]
         assert sample["frames"].dtype == torch.uint8 and tuple(sample["frames"].shape) == (4, 3, 64, 64)
+        assert sample["mouths"].dtype == torch.uint8 and tuple(sample["mouths"].shape) == (4, 3, 32, 32)
+        assert meta["format"] == 2 and (meta["windows"], meta["window_frames"], meta["fps"]) == (1, 4, 25.0)
         assert sample["label"] == GOOD_VIDEOS[name][0] == meta["label"]
         assert sample["has_face"] and sample["has_audio"] and meta["fallbacks"] == []
         span = meta["clip_end"] - meta["clip_start"]
         assert sample["audio"].dtype == torch.float32 and sample["audio"].numel() == round(span * 16000)
         assert float(sample["audio"].abs().max()) > 0.05
-        assert np.allclose(meta["times"], [meta["clip_start"] + (i + 0.5) * span / 4 for i in range(4)])
+        start = meta["clip_start"] + span / 2 - 4 / 25 / 2  # one window of 4 consecutive frames, centred
+        assert np.allclose(meta["window_starts"], [start - meta["clip_start"]], atol=1e-6)
+        assert np.allclose(meta["times"], [start + (k + 0.5) / 25 for k in range(4)], atol=1e-6)
+        source_fps = meta["source"]["fps"]
+        assert all(abs(a - t) <= 1 / source_fps + 1e-6 for a, t in zip(meta["frame_times"], meta["times"], strict=True))
+        assert all(m is not None for m in meta["mouth_boxes"])
         assert all(b is not None for b in meta["boxes"]) and all(s is not None for s in meta["scores"])
         assert meta["source"]["num_faces"] == 1 and meta["audio_sample_rate"] == 16000
 
@@ -54,17 +61,19 @@ def test_manifest_and_stats(packed_full):
     stats = read_json(packed_full / "shard-p0000of0001-000001_stats.json")
     assert stats["count"] == 2 and stats["failures"] == 0 and stats["bytes"] > 0 and stats["seconds"] >= 0
     assert stats["keys"] == [n[:-4] for n in sorted(GOOD_VIDEOS)[2:4]]
-    assert read_json(packed_full / "options.json")["extract"]["frames"] == 4
+    extract = read_json(packed_full / "options.json")["extract"]
+    assert (extract["windows"], extract["window_frames"], extract["size"], extract["mouth_size"]) == (1, 4, 64, 32)
 
 
 def test_clip_to_sample_equals_the_packed_sample(packed_full, small_videos):
     """Inference (extract + clip_to_sample) sees exactly what the reader gives training."""
     videos, _ = small_videos
     name = sorted(GOOD_VIDEOS)[4]
-    options = ExtractOptions(frames=4, size=64)
+    options = ExtractOptions(windows=1, window_frames=4, size=64, mouth_size=32)
     direct = clip_to_sample(extract(videos / name, options, FaceDetector()), label=GOOD_VIDEOS[name][0])
     packed = samples_by_name(packed_full)[name]
     assert torch.equal(direct["frames"], packed["frames"]) and torch.equal(direct["audio"], packed["audio"])
+    assert torch.equal(direct["mouths"], packed["mouths"])
     assert direct["meta"] == packed["meta"] and direct["label"] == packed["label"] == 1
 
 
@@ -80,15 +89,15 @@ def test_same_inputs_give_identical_tars(packed_full, small_videos, tmp_path):
 def test_rerun_with_other_options_refuses(packed_full, small_videos, capsys):
     videos, labels = small_videos
     code = run_pack("--videos", videos, "--labels", labels, "--out", packed_full, "--workers", 0,
-                    "--shard-max-count", 2, "--frames", "5", "--size", "64", "--no-progress")
+                    "--shard-max-count", 2, "--window-frames", "5", "--size", "64", "--no-progress")
     assert code == 2
     message = capsys.readouterr().err
-    assert "frames" in message and "new --out" in message and str(packed_full) in message
+    assert "window_frames" in message and "new --out" in message and str(packed_full) in message
 
 
 def test_default_shard_count_comes_from_the_size_target():
     per = estimate_sample_bytes(ExtractOptions())
-    assert 300_000 < per < 900_000  # 16 JPEG crops (~15 KB) + 10 s of int16 audio (320 KB) + headers
+    assert 1_000_000 < per < 2_500_000  # 64 face crops (~17 KB) + 64 mouth crops + 10 s of int16 audio (320 KB)
     from shards.pack import PackConfig
 
     config = PackConfig(videos=None, out=None)  # type: ignore[arg-type]
@@ -130,7 +139,7 @@ def test_allow_unlabeled_and_missing(small_videos, tmp_path):
     path.write_text("\n".join(rows[:-1] + ["ffffffffffffffffffffffffffffffff.mp4,1"]) + "\n")
     out = tmp_path / "out"
     assert run_pack("--videos", videos, "--labels", path, "--out", out, "--workers", 0, "--allow-unlabeled",
-                    "--allow-missing-videos", "--frames", "2", "--size", "32", "--max-clip-seconds", "0.5",
+                    "--allow-missing-videos", "--windows", "1", "--window-frames", "2", "--size", "32", "--max-clip-seconds", "0.5",
                     "--no-progress") == 0
     videos_out = {v["video_name"]: v for v in read_json(out / "manifest.json")["videos"]}
     assert videos_out["ffffffffffffffffffffffffffffffff.mp4"]["reason"] == "missing_file"
@@ -148,7 +157,7 @@ def test_meta_columns_are_copied_into_the_json(small_videos, tmp_path, capsys):
         f"{n},train,{GOOD_VIDEOS[n][0]},{'FakeVideo-RealAudio' if GOOD_VIDEOS[n][0] else 'RealVideo-RealAudio'},"
         f"{'face_swap' if GOOD_VIDEOS[n][0] else 'real'}\n" for n in names[1:]))
     out = tmp_path / "out"
-    fast = ["--frames", "2", "--size", "32", "--max-clip-seconds", "0.5", "--no-progress", "--workers", "0"]
+    fast = ["--windows", "1", "--window-frames", "2", "--size", "32", "--max-clip-seconds", "0.5", "--no-progress", "--workers", "0"]
     assert run_pack("--videos", videos, "--labels", labels, "--meta", meta, "--out", out, *fast) == 0
     samples = samples_by_name(out)
     assert samples[names[-1]]["meta"]["category"] == "FakeVideo-RealAudio"

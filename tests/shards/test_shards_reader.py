@@ -71,5 +71,5 @@ def test_class_counts_from_manifest_stats_and_tars(packed_full):
 
 def test_decoded_sample_types(packed_full):
     sample = next(iter(make_dataset(packed_full, rank=0, world_size=1)))
-    assert set(sample) == {"frames", "audio", "label", "key", "has_face", "has_audio", "meta"}
+    assert set(sample) == {"frames", "mouths", "audio", "label", "key", "has_face", "has_audio", "meta"}
     assert isinstance(sample["label"], int) and isinstance(sample["key"], str) and sample["key"].endswith(".mp4")

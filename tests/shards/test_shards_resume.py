@@ -107,7 +107,7 @@ def test_changed_inputs_refuse_on_resume(small_videos, tmp_path, capsys):
     copy = tmp_path / "videos"
     shutil.copytree(videos, copy)
     out = tmp_path / "out"
-    args = ["--videos", copy, "--out", out, "--workers", 0, "--shard-max-count", 2, "--frames", "2", "--size", "32",
+    args = ["--videos", copy, "--out", out, "--workers", 0, "--shard-max-count", 2, "--windows", "1", "--window-frames", "2", "--size", "32",
             "--max-clip-seconds", "0.5", "--no-progress"]
     assert run_pack(*args) == 0
     (copy / sorted(GOOD_VIDEOS)[0]).unlink()
@@ -129,7 +129,7 @@ def test_merge_names_the_missing_part(small_videos, tmp_path):
     videos, labels = small_videos
     out = tmp_path / "out"
     assert run_pack("--videos", videos, "--labels", labels, "--out", out, "--workers", 0, "--num-parts", 3,
-                    "--part", 2, "--shard-max-count", 1, "--frames", "2", "--size", "32", "--max-clip-seconds",
+                    "--part", 2, "--shard-max-count", 1, "--windows", "1", "--window-frames", "2", "--size", "32", "--max-clip-seconds",
                     "0.5", "--no-progress") == 0
     assert not (out / "manifest.json").exists()
     from shards.merge import main as merge_main
