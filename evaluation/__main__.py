@@ -1,10 +1,11 @@
 """Evaluations of a `make demo` output folder; each writes JSON (and a table/figure) under DEMO_DIR/eval/.
 
-    python -m evaluation generality --demo-dir runs/demo [--holdout lip_sync,swap_voice] [--override k=v]
+    python -m evaluation generality --demo-dir runs/demo [--holdout lip_sync_dub,both_swap_vc] [--override k=v]
     python -m evaluation robustness --demo-dir runs/demo [--model tiny] [--perturbations a,b] [--levels 1,5]
     python -m evaluation modality   --demo-dir runs/demo [--models baseline,tiny]
     python -m evaluation shortcuts  --demo-dir runs/demo [--splits train,val,test] [--threshold 0.7]
     python -m evaluation speed      --demo-dir runs/demo
+    python -m evaluation sync       --demo-dir runs/demo [--model small] [--shifts 40,80,120,200,400]
 
 generality: train the tiny config without the held-out manipulation methods (a subset folder of symlinks, packed
   with `python -m shards.pack`, trained with `python -m train`, predicted with `python -m infer`), then AUC and
@@ -17,6 +18,7 @@ modality: AUC of the fused, audio-only and visual-only heads per FakeAVCeleb cat
 shortcuts: AUC of each file-metadata feature alone (leading silence, duration, size, bitrate, resolution, fps,
   audio rate/channels); max(AUC, 1-AUC) >= threshold is flagged (--fail-on-flag: exit 1 then).
 speed: packing videos/s per core, training clips/s, inference videos/s and the machine, in one table.
+sync: the genuine test videos with their audio moved by N ms against the frames: AUC of the synchrony score.
 The report of all of them: python -m evaluation.report (make report).
 """
 
@@ -26,10 +28,10 @@ import argparse
 import logging
 import sys
 
-from evaluation import generality, modality, robustness, shortcuts, speed
+from evaluation import generality, modality, robustness, shortcuts, speed, sync
 
 EVALUATIONS = {"generality": generality, "robustness": robustness, "modality": modality, "shortcuts": shortcuts,
-               "speed": speed}
+               "speed": speed, "sync": sync}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

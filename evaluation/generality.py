@@ -36,7 +36,7 @@ from evaluation.common import (
 from evaluation.plots import plot_generality
 from train.data import pack_arguments
 
-DEFAULT_HOLDOUT = "lip_sync,swap_voice"  # one mouth-motion fake and one combined audio+video fake
+DEFAULT_HOLDOUT = "lip_sync_dub,both_swap_vc"  # one mouth-motion fake and one combined audio+video fake
 log = logging.getLogger("evaluation.generality")
 
 @dataclass

@@ -159,12 +159,13 @@ def conditions() -> list[tuple[str, int, float]]:
 
 
 def perturb_sample(sample: dict, name: str, value: float, rng: np.random.Generator) -> dict:
-    """A copy of a reader-format sample (frames uint8 [T,3,S,S], audio float [N]) with one perturbation."""
+    """A copy of a reader-format sample (frames and mouths uint8 [T,3,H,W], audio float [N]) with one
+    perturbation; a video perturbation is applied to the face crops and to the mouth crops alike."""
     out = dict(sample)
     if name in VIDEO_PERTURBATIONS:
-        frames = sample["frames"].permute(0, 2, 3, 1).numpy()
-        perturbed = VIDEO_PERTURBATIONS[name](frames, value, rng)
-        out["frames"] = torch.from_numpy(np.ascontiguousarray(perturbed)).permute(0, 3, 1, 2).contiguous()
+        for crops in ("frames", "mouths"):
+            perturbed = VIDEO_PERTURBATIONS[name](sample[crops].permute(0, 2, 3, 1).numpy(), value, rng)
+            out[crops] = torch.from_numpy(np.ascontiguousarray(perturbed)).permute(0, 3, 1, 2).contiguous()
     elif name in AUDIO_PERTURBATIONS:
         audio = sample["audio"].numpy().astype(np.float32)
         out["audio"] = torch.from_numpy(AUDIO_PERTURBATIONS[name](audio, value, rng)) if len(audio) else sample["audio"]

@@ -138,3 +138,17 @@ def plot_shortcuts(result: dict, path: Path) -> Path:
               for split, audit in result["splits"].items()}
     return plot_grouped_bars(features, series, path, "Shortcut audit: one metadata feature as the score",
                              ylabel="max(AUC, 1-AUC)", threshold=result["threshold"])
+
+
+def plot_sync(result: dict, path: Path) -> Path:
+    """AUC of the synchrony score against each audio shift."""
+    plt = _pyplot()
+    shifts = [r["shift_ms"] for r in result["shifts"]]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(shifts, [r["auc"] if r["auc"] is not None else np.nan for r in result["shifts"]], "o-")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("audio shift (ms, both directions)")
+    ax.set_ylabel("AUC, shifted vs in sync")
+    ax.set_ylim(0.4, 1.0)
+    ax.set_title(f"Synchrony score on {result['scored']} genuine test videos", fontsize=9)
+    return _save(fig, path)

@@ -111,7 +111,7 @@ def packing_speed(args: argparse.Namespace, layout: DemoLayout) -> dict:
         return found
     videos = _speed_videos(layout, args.speed_videos, layout.eval / "speed" / "videos")
     return _run_bench("bench_pack", ["--videos", videos, "--workers", args.workers, "--limit", args.speed_videos,
-                                        *pack_arguments(args.config)], cached)
+                                        "--config", args.config], cached)
 
 
 def inference_speed(args: argparse.Namespace, layout: DemoLayout) -> dict:

@@ -1,12 +1,13 @@
 """`python -m infer ... --explain OUTDIR`: why the model scored a video as it did.
 
 For each chosen video it writes PNGs and one HTML page that shows them together:
-- ``<stem>_frames.png``: the face crops the model saw, and the same crops with a gradient-saliency heat map
-  (|d logit / d pixel|, smoothed, one colour scale per video) blended on top;
+- ``<stem>_frames.png``: the face and mouth crops the model saw (up to 16 evenly spaced frames), and the same
+  crops with a gradient-saliency heat map (|d logit / d pixel|, smoothed, one colour scale per video) on top;
 - ``<stem>_audio.png``: the log-Mel spectrogram of the clip's audio with the per-time audio saliency;
-- ``<stem>_timeline.png``: per-time fake scores of the visual and audio tokens and the audio-visual synchrony
-  (low synchrony = lip-sync evidence), when the model has them;
-- ``<stem>_modalities.png``: fused, audio-only and visual-only scores and the CLS attention mass per modality.
+- ``<stem>_timeline.png``: per-frame fake scores of the visual and audio tokens and the lip/audio synchrony
+  curve (low synchrony = lip-sync evidence), when the model has them;
+- ``<stem>_modalities.png``: fused, audio-only and visual-only scores and the CLS attention mass on the face,
+  lip and audio tokens.
 Numbers behind the figures go to ``explain.json``.
 """
 
@@ -27,29 +28,31 @@ from shards.pool import extracted
 
 log = logging.getLogger("infer")
 DEFAULT_COUNT = 4  # highest- and lowest-scoring videos explained when none are named
+MAX_FRAMES_SHOWN = 16  # crops per row of the frames figure (evenly spaced over the clip's T frames)
 
 
 def saliency(predictor, sample: dict) -> dict:
     """Model outputs and input-gradient saliency for one reader-format sample.
 
-    Returns numpy arrays: ``frames`` uint8 [T,S,S,3], ``frame_saliency`` float [T,S,S] in [0,1] (aligned pixel
-    for pixel with the crops), ``audio`` float [N], ``audio_saliency`` float [N] in [0,1], and the model's
-    outputs for the sample (scalars and per-time arrays)."""
+    Returns numpy arrays: ``frames`` uint8 [T,S,S,3] and ``mouths`` uint8 [T,M,M,3], ``frame_saliency`` float
+    [T,S,S] and ``mouth_saliency`` float [T,M,M] in [0,1] (aligned pixel for pixel with the crops), ``audio``
+    float [N], ``audio_saliency`` float [N] in [0,1], and the model's outputs for the sample (scalars and
+    per-time arrays: the per-frame ``sync`` curve among them)."""
     model = predictor.model
     batch = to_device(collate([prepare(sample, predictor.spec.data)]), predictor.device)
-    frames = batch["frames"].float().clone().requires_grad_(True)  # clone: never mark the batch's own tensors
-    audio = batch["audio"].float().clone().requires_grad_(True)
-    # +0 makes non-leaf tensors, so the model's in-place normalisation is allowed on them
-    outputs = model(dict(batch, frames=frames + 0, audio=audio + 0))
+    # clones: never mark the batch's own tensors; +0 makes non-leaf tensors the model may normalise
+    inputs = {name: batch[name].float().clone().requires_grad_(True) for name in ("frames", "mouths", "audio")}
+    outputs = model(dict(batch, **{name: x + 0 for name, x in inputs.items()}))
     outputs["logit"][0].backward()
-    frame_grad = (frames.grad if frames.grad is not None else torch.zeros_like(frames))[0].abs().sum(1)  # [T,S,S]
-    audio_grad = (audio.grad if audio.grad is not None else torch.zeros_like(audio))[0].abs()
+    grads = {name: (x.grad if x.grad is not None else torch.zeros_like(x))[0].abs() for name, x in inputs.items()}
     length = int(batch["audio_length"][0])
     result = {
         "frames": batch["frames"][0].permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8),
-        "frame_saliency": _normalise(_smooth(frame_grad.cpu().numpy())),
+        "frame_saliency": _normalise(_smooth(grads["frames"].sum(1).cpu().numpy())),
+        "mouths": batch["mouths"][0].permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8),
+        "mouth_saliency": _normalise(_smooth(grads["mouths"].sum(1).cpu().numpy())),
         "audio": batch["audio"][0, :length].cpu().numpy(),
-        "audio_saliency": _normalise(audio_grad[:length].cpu().numpy()),
+        "audio_saliency": _normalise(grads["audio"][:length].cpu().numpy()),
     }
     for key, value in outputs.items():
         if isinstance(value, torch.Tensor):
@@ -85,14 +88,17 @@ def _figures(name: str, info: dict, out: Path) -> dict[str, str]:
     stem = Path(name).stem.replace(" ", "_")
     files = {}
     t = len(info["frames"])
-    fig, axes = plt.subplots(2, t, figsize=(1.3 * t, 2.9), squeeze=False)
-    for i in range(t):
-        axes[0, i].imshow(info["frames"][i])
-        axes[1, i].imshow(overlay(info["frames"][i], info["frame_saliency"][i]))
-        axes[0, i].set_title(f"t{i}", fontsize=7)
-        for row in (0, 1):
-            axes[row, i].axis("off")
-    fig.suptitle(f"{name}: face crops and saliency (fake score {info['logit']:.3f})", fontsize=9)
+    shown = np.unique(np.linspace(0, t - 1, min(t, MAX_FRAMES_SHOWN)).round().astype(int))
+    rows = [("face", info["frames"], info["frame_saliency"]), ("mouth", info["mouths"], info["mouth_saliency"])]
+    fig, axes = plt.subplots(4, len(shown), figsize=(1.3 * len(shown), 5.6), squeeze=False)
+    for j, i in enumerate(shown):
+        for r, (_, crops, heat) in enumerate(rows):
+            axes[2 * r, j].imshow(crops[i])
+            axes[2 * r + 1, j].imshow(overlay(crops[i], heat[i]))
+        axes[0, j].set_title(f"t{i}", fontsize=7)
+        for row in range(4):
+            axes[row, j].axis("off")
+    fig.suptitle(f"{name}: face and mouth crops with saliency (fake score {info['logit']:.3f})", fontsize=9)
     files["frames"] = _save(fig, out / f"{stem}_frames.png")
 
     fig, ax = plt.subplots(figsize=(8, 3))
@@ -119,7 +125,7 @@ def _figures(name: str, info: dict, out: Path) -> dict[str, str]:
         ax.plot(steps, info["visual_token_logits"], "o-", label="visual token fake score")
         ax.plot(steps, info["audio_token_logits"], "s-", label="audio token fake score")
         if "sync" in info:
-            ax.plot(steps, (info["sync"] + 1) / 2, "^--", label="A/V synchrony (0..1)")
+            ax.plot(steps, (info["sync"] + 1) / 2, "^--", label="lip/audio synchrony per frame (0..1)")
         ax.set_ylim(0, 1)
         ax.set_xlabel("frame index (time)")
         ax.legend(fontsize=7)
@@ -132,10 +138,11 @@ def _figures(name: str, info: dict, out: Path) -> dict[str, str]:
             "visual only": heads.get("visual_logit")}
     if "cls_attention" in info:
         attention = info["cls_attention"]
-        bars["attention on visual"] = float(attention[:t].sum())
-        bars["attention on audio"] = float(attention[t:].sum())
+        bars["attention on face"] = float(attention[:t].sum())
+        bars["attention on lips"] = float(attention[t:2 * t].sum())
+        bars["attention on audio"] = float(attention[2 * t:].sum())
     bars = {k: v for k, v in bars.items() if v is not None}
-    ax.barh(list(bars), list(bars.values()), color=["C3", "C0", "C2", "C1", "C4"][: len(bars)])
+    ax.barh(list(bars), list(bars.values()), color=["C3", "C0", "C2", "C1", "C5", "C4"][: len(bars)])
     ax.set_xlim(0, 1)
     ax.set_title(f"{name}: modality contributions", fontsize=9)
     files["modalities"] = _save(fig, out / f"{stem}_modalities.png")

@@ -1,18 +1,25 @@
-"""The audio-visual transformer (registry name ``av_transformer``).
+"""The audio-visual transformer (registry name ``av_transformer``): face, lips and voice, frame by frame.
 
-    frames [B,T,3,S,S] --timm visual encoder per frame--> [B,T,Cv] --LN+Linear--> visual tokens [B,T,d]
-    audio  [B,L]  --window around frame i's time--> log-Mel --timm CNN (in_chans=1)--> [B,T,Ca] --> audio tokens
-    tokens = [CLS] + (visual + time_i + modality_v) + (audio + time_i + modality_a) -> fusion transformer
+A clip is W windows of K consecutive frames (``models.batch``). Three streams make one token per frame each:
 
-The fusion transformer runs three views in one batched pass, differing only in the key padding mask: audio +
-visual (-> ``logit``), audio only (-> ``audio_logit``) and visual only (-> ``visual_logit``). A missing
-modality (no face / no audio / frames cut by a temporal crop) is masked out, never zero-filled, so a clip
-without a face is fused from exactly the tokens of its audio-only view, a view training sees every step. A synchrony head
-projects the pre-fusion tokens (no position embedding, so time cannot be read off the position) and an InfoNCE
-loss on genuine clips makes time-aligned audio/visual tokens match; ``sync`` is the per-time cosine similarity
-of aligned pairs (low = lip-sync evidence) and ``sync_score`` a clip's InfoNCE evidence (0 = chance, > 0 = in
-sync), which the fused head also reads. ``visual_token_logits`` / ``audio_token_logits`` score each time step
-and ``cls_attention`` is the last block's CLS attention over the 2T tokens (heads averaged).
+    face crops  [B,T,3,S,S] --timm encoder per frame--> face tokens                              [B,T,d]
+    mouth crops [B,T,3,M,M] --timm encoder per frame--> temporal convolution within the window --> lip tokens
+    audio       [B,L]  --each window cut to its frames--> log-Mel (10 ms hop) --conv front end, frequency pooled,
+                          4 hops pooled to one video frame--> temporal convolution --> audio tokens   [B,T,d]
+
+and a fusion transformer reads [CLS] + face + lip + audio tokens (each with its frame's position in the window,
+its window and its modality). It runs three views in one batched pass that differ only in the key padding mask:
+audio + visual (-> ``logit``), audio only (-> ``audio_logit``) and visual only (face + lips, -> ``visual_logit``).
+A missing modality (no face / no audio / frames cut by a temporal crop) is masked out, never zero-filled.
+
+Synchrony: the lip and audio tokens are projected (``sync_dim``) and compared frame by frame within each window
+(S[k, j] = cosine of lip frame k and audio frame j over ``sync_temperature``). On genuine clips two losses make
+aligned frames match: an InfoNCE over the window's frames (each lip frame picks its audio frame, and vice versa),
+and a shift classification: the mean of S along each diagonal (the window's audio shifted by -D..D frames) must
+peak at shift 0. ``sync_score`` is that evidence per clip (mean over windows of log p(shift 0) + log(2D + 1):
+0 = chance, > 0 = in sync), which the fused head also reads; ``sync`` is the per-frame curve S[k, k].
+``visual_token_logits`` / ``audio_token_logits`` score each frame (face and lips averaged for the visual one) and
+``cls_attention`` is the last block's CLS attention over the 3T tokens (heads averaged).
 """
 
 from __future__ import annotations
@@ -23,9 +30,19 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from models.config import ModelSpec
-from models.layers import FusionBlock, LogMel, audio_windows, bce, masked_mean
+from models.layers import (
+    AudioFrontEnd,
+    FusionBlock,
+    LogMel,
+    TemporalConv,
+    bce,
+    log_mean_exp,
+    masked_mean,
+    window_audio,
+)
 from models.registry import register_model, timm_backbone
-from shards.extract import AUDIO_SAMPLE_RATE
+
+FACE, LIPS, VOICE = 0, 1, 2  # modality indices
 
 
 def _backbone(name: str, pretrained: str | None, drop_path: float, **kwargs) -> nn.Module:
@@ -43,114 +60,196 @@ def _backbone(name: str, pretrained: str | None, drop_path: float, **kwargs) -> 
             optional.pop(dropped)
 
 
-class AVTransformer(nn.Module):
-    # DeepSpeed (data_types.keep_in_fp32_modules "auto") keeps these buffers in float32 under bf16.
+class FrameEncoder(nn.Module):
+    """A timm image encoder applied to every frame, normalised with its own pretrained statistics."""
+
+    # DeepSpeed (data_types.keep_in_fp32_modules "auto") keeps buffers whose names contain these in float32 under
+    # bf16; "pixel_" keeps BatchNorm's running_mean out of it.
     _keep_in_fp32_modules_strict = ["pixel_mean", "pixel_std"]
 
+    def __init__(self, name: str, pretrained: str | None, drop_path: float, size: int, dim: int,
+                 grad_checkpointing: bool):
+        super().__init__()
+        self.net = _backbone(name, pretrained, drop_path, img_size=size)
+        if grad_checkpointing and hasattr(self.net, "set_grad_checkpointing"):
+            self.net.set_grad_checkpointing(True)
+        stats = getattr(self.net, "pretrained_cfg", {}) or {}
+        self.register_buffer("pixel_mean", torch.tensor(stats.get("mean", IMAGENET_DEFAULT_MEAN)).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(stats.get("std", IMAGENET_DEFAULT_STD)).view(1, 3, 1, 1),
+                             persistent=False)
+        self.proj = nn.Sequential(nn.LayerNorm(self.net.num_features), nn.Linear(self.net.num_features, dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, T, 3, H, W] -> [B, T, dim]."""
+        b, t = images.shape[:2]
+        x = images.flatten(0, 1).float() / 255.0  # not in place: explain passes images that need gradients
+        x = ((x - self.pixel_mean) / self.pixel_std).to(self.proj[1].weight.dtype)
+        return self.proj(self.net(x)).view(b, t, -1)
+
+
+class AVTransformer(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        m = spec.model
-        self.frames, self.dim = spec.data.frames, m.dim
-        self.visual = _backbone(m.visual_backbone, m.visual_pretrained, m.drop_path, img_size=spec.data.size)
-        self.audio = _backbone(m.audio_backbone, m.audio_pretrained, m.drop_path, in_chans=1)
-        if m.grad_checkpointing:
-            for backbone in (self.visual, self.audio):
-                if hasattr(backbone, "set_grad_checkpointing"):
-                    backbone.set_grad_checkpointing(True)
-        self.logmel = LogMel(m.n_mels, m.n_fft, m.hop_length)
-        self.window = int(round(m.audio_window_seconds * AUDIO_SAMPLE_RATE))
-        data_cfg = getattr(self.visual, "pretrained_cfg", {}) or {}
-        self.register_buffer("pixel_mean", torch.tensor(data_cfg.get("mean", IMAGENET_DEFAULT_MEAN)).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(data_cfg.get("std", IMAGENET_DEFAULT_STD)).view(1, 3, 1, 1),
-                             persistent=False)
+        m, data = spec.model, spec.data
         d = m.dim
-        self.visual_proj = nn.Sequential(nn.LayerNorm(self.visual.num_features), nn.Linear(self.visual.num_features, d))
-        self.audio_proj = nn.Sequential(nn.LayerNorm(self.audio.num_features), nn.Linear(self.audio.num_features, d))
+        self.windows, self.window_frames = data.windows, data.window_frames
+        self.samples_per_frame = data.samples_per_frame()
+        self.face = FrameEncoder(m.visual_backbone, m.visual_pretrained, m.drop_path, data.size, d,
+                                 m.grad_checkpointing)
+        self.mouth = FrameEncoder(m.mouth_backbone, m.mouth_pretrained, m.drop_path, data.mouth_size, d,
+                                  m.grad_checkpointing)
+        self.lip_motion = TemporalConv(d, m.temporal_kernel, m.temporal_layers)
+        self.logmel = LogMel(m.n_mels, m.n_fft, m.hop_length, center=False)
+        self.mel_per_frame = self.samples_per_frame // m.hop_length
+        if self.mel_per_frame * m.hop_length != self.samples_per_frame:
+            raise ValueError(f"model.hop_length {m.hop_length} must divide the {self.samples_per_frame} audio "
+                             f"samples of a frame at data.fps={data.fps}")
+        self.voice = AudioFrontEnd(m.n_mels, m.audio_channels, d)
+        self.voice_motion = TemporalConv(d, m.temporal_kernel, m.temporal_layers)
+
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.time_embed = nn.Parameter(torch.zeros(1, self.frames, d))
-        self.modality_embed = nn.Parameter(torch.zeros(2, d))
+        self.frame_embed = nn.Parameter(torch.zeros(1, data.window_frames, d))  # position within the window
+        self.window_embed = nn.Parameter(torch.zeros(1, data.windows, d))
+        self.modality_embed = nn.Parameter(torch.zeros(3, d))
         self.blocks = nn.ModuleList(FusionBlock(d, m.heads, m.mlp_ratio, m.dropout) for _ in range(m.depth))
         self.norm = nn.LayerNorm(d)
-        # The fused head also sees the clip's synchrony evidence (see sync_evidence): a direct lip-sync cue.
-        self.head = nn.Linear(d + 2, 1)
+        self.head = nn.Linear(d + 2, 1)  # the fused head also reads the clip's sync evidence and whether it has any
         self.audio_head = nn.Linear(d, 1)
         self.visual_head = nn.Linear(d, 1)
         self.token_head = nn.Linear(d, 1)
-        self.sync_visual = nn.Linear(d, m.sync_dim)
-        self.sync_audio = nn.Linear(d, m.sync_dim)
+        self.sync_lips = nn.Linear(d, m.sync_dim)
+        self.sync_voice = nn.Linear(d, m.sync_dim)
         self.sync_temperature = m.sync_temperature
+        self.max_shift = min(m.sync_max_shift, data.window_frames - 1)
         self.loss_weights = spec.loss
-        for p in (self.cls_token, self.time_embed, self.modality_embed):
+        for p in (self.cls_token, self.frame_embed, self.window_embed, self.modality_embed):
             nn.init.trunc_normal_(p, std=0.02)
-        for module in [self.visual_proj, self.audio_proj, self.blocks, self.norm, self.head, self.audio_head,
-                       self.visual_head, self.token_head, self.sync_visual, self.sync_audio]:
+        for module in [self.face.proj, self.mouth.proj, self.lip_motion, self.voice, self.voice_motion, self.blocks,
+                       self.norm, self.head, self.audio_head, self.visual_head, self.token_head, self.sync_lips,
+                       self.sync_voice]:
             module.apply(_init_weights)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
-        return list(self.visual.parameters()) + list(self.audio.parameters())
+        """The timm encoders' parameters (pretrained: trained at train.backbone_lr_scale x the lr)."""
+        return list(self.face.net.parameters()) + list(self.mouth.net.parameters())
 
-    # --- encoders -----------------------------------------------------------------------------------------
-    def encode_visual(self, frames: torch.Tensor) -> torch.Tensor:
-        b, t = frames.shape[:2]
-        x = frames.flatten(0, 1).float() / 255.0  # not in place: explain passes frames that need gradients
-        x = ((x - self.pixel_mean) / self.pixel_std).to(self.pixel_dtype)
-        return self.visual_proj(self.visual(x)).view(b, t, -1)
+    # --- streams ------------------------------------------------------------------------------------------
+    def _per_window(self, tokens: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+        """A temporal convolution run within each window (never across two): [B, T, d] -> [B, T, d]."""
+        b, t, d = tokens.shape
+        w = t // self.window_frames
+        return conv(tokens.reshape(b * w, self.window_frames, d)).reshape(b, t, d)
 
-    def encode_audio(self, audio: torch.Tensor, lengths: torch.Tensor, steps: int) -> torch.Tensor:
-        b = audio.shape[0]
-        windows = audio_windows(audio.float(), lengths, steps, self.window)  # [B, T, W]
-        mel = self.logmel(windows.flatten(0, 1))
-        return self.audio_proj(self.audio(mel.to(self.pixel_dtype))).view(b, steps, -1)
-
-    @property
-    def pixel_dtype(self) -> torch.dtype:
-        return self.visual_proj[1].weight.dtype
+    def encode_voice(self, audio: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Each window's audio, cut exactly to its frames (plus the STFT's half window of real context on either
+        side), as log-Mel at 10 ms hops, pooled to one token per video frame: [B, T, d]."""
+        b, w = offsets.shape
+        context = self.logmel.n_fft // 2
+        length = self.window_frames * self.samples_per_frame
+        clips = window_audio(audio.float(), offsets - context, length + 2 * context)  # [B, W, length + n_fft]
+        mel = self.logmel(clips.flatten(0, 1))[..., : self.window_frames * self.mel_per_frame]
+        tokens = self.voice(mel.to(self.head.weight.dtype), self.mel_per_frame)  # [B*W, K, d]
+        return self.voice_motion(tokens).reshape(b, w * self.window_frames, -1)
 
     # --- forward ------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         frames = batch["frames"]
         b, t = frames.shape[:2]
-        if t > self.frames:
-            raise ValueError(f"batch has {t} frames; the model was built for data.frames={self.frames}")
-        visual = self.encode_visual(frames)
-        audio = self.encode_audio(batch["audio"], batch["audio_length"], t)
+        if t % self.window_frames or t // self.window_frames > self.windows:
+            raise ValueError(f"batch has {t} frames; the model reads up to {self.windows} windows of "
+                             f"{self.window_frames} frames (data.windows, data.window_frames)")
+        face = self.face(frames)
+        lips = self._per_window(self.mouth(batch["mouths"]), self.lip_motion)
+        voice = self.encode_voice(batch["audio"], batch["window_offsets"])
         vmask, amask = batch["visual_mask"].bool(), batch["audio_mask"].bool()
 
-        time = self.time_embed[:, :t]
-        tokens = torch.cat([self.cls_token.expand(b, -1, -1), visual + time + self.modality_embed[0],
-                            audio + time + self.modality_embed[1]], dim=1)
+        w = t // self.window_frames
+        position = (self.frame_embed.repeat(1, w, 1) + self.window_embed[:, :w].repeat_interleave(
+            self.window_frames, dim=1))
+        tokens = torch.cat([self.cls_token.expand(b, -1, -1), face + position + self.modality_embed[FACE],
+                            lips + position + self.modality_embed[LIPS],
+                            voice + position + self.modality_embed[VOICE]], dim=1)
         cls = torch.ones(b, 1, dtype=torch.bool, device=frames.device)
         none = torch.zeros_like(vmask)
-        keep = torch.cat([torch.cat([cls, vmask, amask], 1),  # audio-visual view
-                          torch.cat([cls, none, amask], 1),  # audio only
-                          torch.cat([cls, vmask, none], 1)])  # visual only
+        keep = torch.cat([torch.cat([cls, vmask, vmask, amask], 1),  # audio-visual view
+                          torch.cat([cls, none, none, amask], 1),  # audio only
+                          torch.cat([cls, vmask, vmask, none], 1)])  # visual only
         x = tokens.repeat(3, 1, 1)
         for block in self.blocks[:-1]:
             x = block(x, keep)
         x, attention = self.blocks[-1](x, keep, return_attention=True)
         x = self.norm(x)
         av, audio_only, visual_only = x.split(b)
-        token_logits = self.token_head(av[:, 1:]).squeeze(-1).float()
+        token_logits = self.token_head(av[:, 1:]).squeeze(-1).float()  # [B, 3T]: face, lips, voice
 
-        zv = F.normalize(self.sync_visual(visual).float(), dim=-1)
-        za = F.normalize(self.sync_audio(audio).float(), dim=-1)
-        sync_matrix = zv @ za.transpose(1, 2)  # [B, T(visual), T(audio)] cosine similarities
-        sync_score, has_pairs = self.sync_evidence(sync_matrix, vmask, amask)
+        sync_matrix = self.sync_matrix(lips, voice)  # [B, W, K, K]
+        pairs = (vmask & amask).view(b, w, self.window_frames)
+        shift_logits = self.shift_logits(sync_matrix, pairs)  # [B, W, 2D + 1]
+        sync_score, has_pairs = self.sync_evidence(shift_logits, pairs)
         fused = torch.cat([av[:, 0], torch.stack([sync_score, has_pairs], -1).to(av.dtype)], -1)
         return {
             "logit": self.head(fused).squeeze(-1).float(),
             "sync_score": sync_score,
             "audio_logit": self.audio_head(audio_only[:, 0]).squeeze(-1).float(),
             "visual_logit": self.visual_head(visual_only[:, 0]).squeeze(-1).float(),
-            "visual_token_logits": token_logits[:, :t],
-            "audio_token_logits": token_logits[:, t:],
-            "cls_attention": attention[:b, :, 0, 1:].mean(1),  # [B, 2T]: visual tokens then audio tokens
-            "sync": torch.diagonal(sync_matrix, dim1=1, dim2=2),
+            "visual_token_logits": 0.5 * (token_logits[:, :t] + token_logits[:, t:2 * t]),
+            "audio_token_logits": token_logits[:, 2 * t:],
+            "cls_attention": attention[:b, :, 0, 1:].mean(1),  # [B, 3T]: face, lip and audio tokens
+            "sync": torch.diagonal(sync_matrix, dim1=2, dim2=3).reshape(b, t),
             "sync_matrix": sync_matrix,
+            "shift_logits": shift_logits,
             "visual_mask": vmask,
             "audio_mask": amask,
         }
+
+    # --- synchrony ----------------------------------------------------------------------------------------
+    def sync_matrix(self, lips: torch.Tensor, voice: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of every lip frame with every audio frame of its window: [B, W, K, K]."""
+        b = lips.shape[0]
+        zl = F.normalize(self.sync_lips(lips).float(), dim=-1).view(b, -1, self.window_frames,
+                                                                     self.sync_lips.out_features)
+        zv = F.normalize(self.sync_voice(voice).float(), dim=-1).view(zl.shape)
+        return zl @ zv.transpose(-1, -2)
+
+    def shift_logits(self, sim: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        """For each shift s in -D..D: the mean similarity of lip frame k with audio frame k + s over the window's
+        valid pairs (/ temperature). [B, W, K, K], [B, W, K] -> [B, W, 2D + 1]."""
+        valid = (pairs[..., :, None] & pairs[..., None, :]).float()
+        out = []
+        for shift in range(-self.max_shift, self.max_shift + 1):
+            diagonal = torch.diagonal(sim, offset=shift, dim1=-2, dim2=-1)
+            weight = torch.diagonal(valid, offset=shift, dim1=-2, dim2=-1)
+            out.append((diagonal * weight).sum(-1) / weight.sum(-1).clamp(min=1.0))
+        return torch.stack(out, -1) / self.sync_temperature
+
+    def sync_evidence(self, shift_logits: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per clip: how much better than chance shift 0 wins among the window's shifts (mean over windows with
+        pairs of log p(0) + log(2D + 1); 0 = chance, > 0 = in sync), and whether the clip has any pair."""
+        log_p0 = shift_logits.log_softmax(-1)[..., self.max_shift] + torch.log(
+            torch.tensor(2.0 * self.max_shift + 1.0, device=shift_logits.device))
+        has = pairs.any(-1)  # [B, W]
+        score = (log_p0 * has).sum(1) / has.sum(1).clamp(min=1)
+        any_pair = has.any(1)
+        return score * any_pair, any_pair.float()
+
+    def sync_loss(self, out: dict, genuine: torch.Tensor) -> torch.Tensor:
+        """On genuine clips: InfoNCE of aligned lip/audio frames within each window (both ways) and the shift
+        classification (shift 0 among -D..D)."""
+        sim = out["sync_matrix"] / self.sync_temperature  # [B, W, K, K]
+        b, w, k, _ = sim.shape
+        pairs = (out["visual_mask"] & out["audio_mask"]).view(b, w, k) & genuine[:, None, None]
+        target = torch.arange(k, device=sim.device).expand(b, w, k)
+        amask = out["audio_mask"].view(b, w, 1, k)
+        vmask = out["visual_mask"].view(b, w, 1, k)
+        lips_to_voice = F.cross_entropy(sim.masked_fill(~amask, -1e4).flatten(0, 2), target.flatten(), reduction="none")
+        voice_to_lips = F.cross_entropy(sim.transpose(-1, -2).masked_fill(~vmask, -1e4).flatten(0, 2),
+                                        target.flatten(), reduction="none")
+        frame_loss = masked_mean(0.5 * (lips_to_voice + voice_to_lips), pairs.flatten())
+        windows = pairs.any(-1)  # [B, W]
+        shift = F.cross_entropy(out["shift_logits"].flatten(0, 1),
+                                torch.full((b * w,), self.max_shift, device=sim.device), reduction="none")
+        return frame_loss + masked_mean(shift, windows.flatten())
 
     # --- loss ---------------------------------------------------------------------------------------------
     def loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -164,47 +263,14 @@ class AVTransformer(nn.Module):
             "main": masked_mean(bce(out["logit"], label), known),
             "audio": masked_mean(bce(out["audio_logit"], y_audio), has_a),
             "visual": masked_mean(bce(out["visual_logit"], y_visual), has_v),
-            "token": 0.5 * (masked_mean(bce(_log_mean_exp(out["visual_token_logits"], vmask), y_visual), has_v)
-                            + masked_mean(bce(_log_mean_exp(out["audio_token_logits"], amask), y_audio), has_a)),
-            "sync": self.sync_loss(out["sync_matrix"], vmask, amask, label == 0),
+            "token": 0.5 * (masked_mean(bce(log_mean_exp(out["visual_token_logits"], vmask), y_visual), has_v)
+                            + masked_mean(bce(log_mean_exp(out["audio_token_logits"], amask), y_audio), has_a)),
+            "sync": self.sync_loss(out, label == 0),
         }
         w = self.loss_weights
         total = (parts["main"] + w.aux * (parts["audio"] + parts["visual"]) + w.token * parts["token"]
                  + w.sync * parts["sync"])
         return total, parts
-
-    def sync_evidence(self, sim: torch.Tensor, vmask: torch.Tensor,
-                      amask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per clip: how much better than chance each visual token picks its own audio token among the clip's
-        audio tokens (mean log-probability + log(#audio tokens); 0 = chance, > 0 = in sync), and whether the clip
-        has any audio-visual pair at all."""
-        logits = (sim / self.sync_temperature).masked_fill(~amask[:, None, :], -1e4)
-        own = torch.diagonal(logits.log_softmax(-1), dim1=1, dim2=2)  # [B, T]
-        pairs = vmask & amask
-        count = pairs.sum(1).clamp(min=1)
-        score = (own * pairs).sum(1) / count + torch.log(amask.sum(1).clamp(min=1).float())
-        has = pairs.any(1)
-        return score * has, has.float()
-
-    def sync_loss(self, sim: torch.Tensor, vmask: torch.Tensor, amask: torch.Tensor,
-                  genuine: torch.Tensor) -> torch.Tensor:
-        """Symmetric InfoNCE within each genuine clip: visual token i should match audio token i among the
-        clip's valid audio tokens (and vice versa)."""
-        t = sim.shape[1]
-        logits = sim / self.sync_temperature
-        pairs = vmask & amask & genuine[:, None]  # rows that take part
-        target = torch.arange(t, device=sim.device).expand(sim.shape[0], t)
-        v2a = F.cross_entropy(logits.masked_fill(~amask[:, None, :], -1e4).flatten(0, 1), target.flatten(),
-                              reduction="none")
-        a2v = F.cross_entropy(logits.transpose(1, 2).masked_fill(~vmask[:, None, :], -1e4).flatten(0, 1),
-                              target.flatten(), reduction="none")
-        return masked_mean(0.5 * (v2a + a2v), pairs.flatten())
-
-
-def _log_mean_exp(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Pools per-time logits into one, between their mean and their max (multiple-instance pooling)."""
-    count = mask.sum(1).clamp(min=1)
-    return torch.logsumexp(logits.masked_fill(~mask, -1e4), dim=1) - torch.log(count.float())
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -220,4 +286,3 @@ def _init_weights(module: nn.Module) -> None:
 @register_model("av_transformer")
 def build_av_transformer(spec: ModelSpec) -> nn.Module:
     return AVTransformer(spec)
-

@@ -4,11 +4,14 @@
 fixed-shape tensors; ``collate(list) -> batch`` stacks them. Training passes an ``augment`` callable (see
 ``train.data``); inference and validation do not, so they see identical, deterministic inputs.
 
-Batch keys: ``frames`` uint8 [B,T,3,S,S]; ``audio`` float32 [B,L] (zero-padded to L = max_clip_seconds*16k);
-``audio_length`` int64 [B]; ``visual_mask`` / ``audio_mask`` bool [B,T] (valid tokens: the modality exists, the
-frame has a face box, and the time step survived a temporal crop); ``has_face`` / ``has_audio`` bool [B];
-``label`` int64 [B] (-1 unknown); ``audio_label`` / ``visual_label`` int64 [B] (per-modality fakeness when the
-sample's meta names a FakeAVCeleb category, else -1); ``key`` list[str].
+Batch keys (T = W windows x K frames, window by window): ``frames`` uint8 [B,T,3,S,S] face crops; ``mouths``
+uint8 [B,T,3,M,M] mouth crops; ``audio`` float32 [B,L] (the clip's audio, zero-padded to L =
+max_clip_seconds*16k); ``audio_length`` int64 [B]; ``window_offsets`` int64 [B,W] (the audio sample where each
+window's first frame starts: frame k of window w owns audio[offset_w + k*F : offset_w + (k+1)*F], F = 16k / fps);
+``visual_mask`` / ``audio_mask`` bool [B,T] (valid tokens: the modality exists, the frame has a face box / its
+audio lies in the decoded audio, and the time step survived a temporal crop); ``has_face`` / ``has_audio`` bool
+[B]; ``label`` int64 [B] (-1 unknown); ``audio_label`` / ``visual_label`` int64 [B] (per-modality fakeness when
+the sample's meta names a FakeAVCeleb category, else -1); ``key`` list[str].
 """
 
 from __future__ import annotations
@@ -22,19 +25,23 @@ from competition import CATEGORIES
 from models.config import InputConfig
 from shards.extract import AUDIO_SAMPLE_RATE
 
-# (frames uint8 [T,3,S,S], audio float32 [N]) -> (frames, audio, time steps to keep: bool [T])
-Augment = Callable[[torch.Tensor, np.ndarray], tuple[torch.Tensor, np.ndarray, np.ndarray]]
+# (frames uint8 [T,3,S,S], mouths uint8 [T,3,M,M], audio float32 [N]) -> (frames, mouths, audio, time steps to
+# keep: bool [T])
+Augment = Callable[[torch.Tensor, torch.Tensor, np.ndarray],
+                   tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]]
 
 
 def prepare(sample: dict, inputs: InputConfig, check_shape: bool = True, augment: Augment | None = None) -> dict:
     """A reader sample -> per-sample tensors (see the module doc)."""
-    frames = torch.as_tensor(sample["frames"])
+    frames, mouths = torch.as_tensor(sample["frames"]), torch.as_tensor(sample["mouths"])
     key = sample.get("key", "?")
     t = frames.shape[0]
-    if check_shape and (t != inputs.frames or tuple(frames.shape[1:]) != (3, inputs.size, inputs.size)):
-        raise ValueError(f"sample {key}: frames {tuple(frames.shape)} but the config expects "
-                         f"[{inputs.frames}, 3, {inputs.size}, {inputs.size}] (data.frames, data.size): the "
-                         "shards were packed with other extraction options; repack or fix the config")
+    expected = [(inputs.frames, 3, inputs.size, inputs.size), (inputs.frames, 3, inputs.mouth_size, inputs.mouth_size)]
+    if check_shape and [tuple(frames.shape), tuple(mouths.shape)] != expected:
+        raise ValueError(f"sample {key}: face crops {tuple(frames.shape)} and mouth crops {tuple(mouths.shape)} but "
+                         f"the config expects {expected[0]} and {expected[1]} (data.windows x data.window_frames, "
+                         "data.size, data.mouth_size): the shards were packed with other extraction options; repack "
+                         "or fix the config")
     meta = sample.get("meta") or {}
     has_face, has_audio = bool(sample.get("has_face", True)), bool(sample.get("has_audio", True))
     audio = np.asarray(sample["audio"], dtype=np.float32).reshape(-1)
@@ -45,9 +52,12 @@ def prepare(sample: dict, inputs: InputConfig, check_shape: bool = True, augment
         audio = audio[:0]
     keep = np.ones(t, dtype=bool)
     if augment is not None:
-        frames, audio, keep = augment(frames, audio)
+        frames, mouths, audio, keep = augment(frames, mouths, audio)
     boxes = meta.get("boxes") or [True] * t
     face_in_frame = np.array([b is not None for b in boxes[:t]] + [True] * max(0, t - len(boxes)), dtype=bool)
+    offsets = window_offsets(meta, inputs, t)
+    per_frame = inputs.samples_per_frame()
+    frame_end = (offsets[:, None] + (np.arange(t // len(offsets)) + 1) * per_frame).reshape(-1)
     padded = np.zeros(length, dtype=np.float32)
     padded[:audio.size] = audio
     label = sample.get("label", -1)
@@ -55,10 +65,12 @@ def prepare(sample: dict, inputs: InputConfig, check_shape: bool = True, augment
     visual_label, audio_label = modality_labels(meta, label)
     return {
         "frames": frames.to(torch.uint8),
+        "mouths": mouths.to(torch.uint8),
         "audio": torch.from_numpy(padded),
         "audio_length": audio.size,
+        "window_offsets": torch.from_numpy(offsets),
         "visual_mask": torch.from_numpy(keep & face_in_frame & has_face),
-        "audio_mask": torch.from_numpy(keep & (audio.size > 0)),
+        "audio_mask": torch.from_numpy(keep & (frame_end <= audio.size)),
         "has_face": has_face,
         "has_audio": has_audio and audio.size > 0,
         "label": label,
@@ -66,6 +78,15 @@ def prepare(sample: dict, inputs: InputConfig, check_shape: bool = True, augment
         "audio_label": audio_label,
         "key": sample.get("key") or meta.get("video_name", "?"),
     }
+
+
+def window_offsets(meta: dict, inputs: InputConfig, frames: int) -> np.ndarray:
+    """int64 [W]: the audio sample each window starts at (its first frame's start), from the sample's meta."""
+    starts = meta.get("window_starts")
+    windows = len(starts) if starts else max(1, frames // inputs.window_frames)
+    if not starts:  # no timing (synthetic batches): windows back to back from the start
+        starts = [w * inputs.window_frames / inputs.fps for w in range(windows)]
+    return np.array([int(round(s * AUDIO_SAMPLE_RATE)) for s in starts], dtype=np.int64)
 
 
 def modality_labels(meta: dict, label: int) -> tuple[int, int]:
@@ -80,7 +101,7 @@ def collate(samples: list[dict]) -> dict:
     if not samples:
         raise ValueError("collate() got no samples")
     batch: dict = {}
-    for name in ("frames", "audio", "visual_mask", "audio_mask"):
+    for name in ("frames", "mouths", "audio", "window_offsets", "visual_mask", "audio_mask"):
         batch[name] = torch.stack([s[name] for s in samples])
     for name in ("audio_length", "label", "visual_label", "audio_label"):
         batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.int64)
@@ -102,6 +123,8 @@ def example_batch(inputs: InputConfig, batch_size: int = 1, frames: int | None =
     for i in range(batch_size):
         sample = {
             "frames": torch.randint(0, 256, (t, 3, inputs.size, inputs.size), dtype=torch.uint8,
+                                    generator=generator),
+            "mouths": torch.randint(0, 256, (t, 3, inputs.mouth_size, inputs.mouth_size), dtype=torch.uint8,
                                     generator=generator),
             "audio": torch.rand(int(inputs.max_clip_seconds * AUDIO_SAMPLE_RATE), generator=generator) * 2 - 1,
             "label": i % 2, "key": f"example{i}.mp4", "has_face": True, "has_audio": True,

@@ -31,18 +31,21 @@ class ConfigError(ValueError):
 class ModelConfig:
     # Registry name (models.registry): av_transformer | seed_baseline.
     name: str = "av_transformer"
-    # Visual encoder: any timm model, applied per frame with num_classes=0.
+    # Face encoder: any timm model, applied per frame with num_classes=0.
     visual_backbone: str = "vit_small_patch16_224"
-    # Local file with ImageNet-1K weights for the visual backbone (random init when null; never downloads).
+    # Local file with ImageNet-1K weights for it (see scripts/fetch_pretrained.py); null: random init (never a
+    # download). The same for the mouth encoder.
     visual_pretrained: str | None = None
-    # Audio encoder: any timm model built with in_chans=1, applied to a log-Mel window per frame.
-    audio_backbone: str = "resnet18"
-    audio_pretrained: str | None = None
+    # Mouth encoder: any timm model, applied per mouth crop, then a temporal convolution within each window.
+    mouth_backbone: str = "resnet18"
+    mouth_pretrained: str | None = None
+    # Audio: log-Mel at hop_length samples (10 ms), a convolutional front end of these widths, one token per frame.
+    audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     n_mels: int = 64
     n_fft: int = 400  # 25 ms at 16 kHz
-    hop_length: int = 160  # 10 ms
-    # Audio token i: a window of this length centred on frame i's time (see the contract's timing).
-    audio_window_seconds: float = 0.64
+    hop_length: int = 160  # 10 ms: 4 hops per video frame at 25 fps
+    temporal_kernel: int = 5  # frames a temporal convolution sees (lips and audio)
+    temporal_layers: int = 2
     dim: int = 384  # fusion transformer width
     depth: int = 4
     heads: int = 6
@@ -51,8 +54,11 @@ class ModelConfig:
     drop_path: float = 0.0  # stochastic depth inside the timm backbones (when they support it)
     sync_dim: int = 128
     sync_temperature: float = 0.07
+    sync_max_shift: int = 6  # the shift classification compares shifts of -D..D frames
     grad_checkpointing: bool = False
-    # seed_baseline only: length of the audio crop/pad the spectrogram image is made from.
+    # seed_baseline only: a timm CNN (in_chans=1) on the log-Mel of the audio cropped/padded to this length.
+    audio_backbone: str = "resnet18"
+    audio_pretrained: str | None = None
     baseline_audio_seconds: float = 10.0
 
 
@@ -65,21 +71,37 @@ class LossConfig:
 
 @dataclass
 class InputConfig:
-    """The clip a model reads: the extraction options of its shards (``shards.extract``), also at inference."""
+    """The clip a model reads: the extraction options of its shards (``shards.extract``), also at inference.
 
-    frames: int = 16
+    T = windows x window_frames frames: W windows of K consecutive frames at ``fps``, each frame with a face crop
+    (``size``) and a mouth crop (``mouth_size``), and the clip's audio (up to ``max_clip_seconds``)."""
+
+    windows: int = 4
+    window_frames: int = 16
+    fps: float = 25.0
     size: int = 224
+    mouth_size: int = 64
     margin: float = 0.3
+    mouth_scale: float = 0.5
     max_clip_seconds: float = 10.0
+
+    @property
+    def frames(self) -> int:
+        return self.windows * self.window_frames
 
     def extract_options(self) -> ExtractOptions:
         """The ``shards.extract.ExtractOptions`` that make this clip (what inference extracts with)."""
-        return ExtractOptions(frames=self.frames, size=self.size, margin=self.margin,
+        return ExtractOptions(windows=self.windows, window_frames=self.window_frames, fps=self.fps, size=self.size,
+                              mouth_size=self.mouth_size, margin=self.margin, mouth_scale=self.mouth_scale,
                               max_clip_seconds=self.max_clip_seconds)
 
     def audio_samples(self) -> int:
         """Length of the zero-padded audio of a batch (``max_clip_seconds`` at the shards' 16 kHz)."""
         return int(round(self.max_clip_seconds * AUDIO_SAMPLE_RATE))
+
+    def samples_per_frame(self) -> int:
+        """Audio samples a frame owns (16 kHz / fps: 640 at 25 fps)."""
+        return int(round(AUDIO_SAMPLE_RATE / self.fps))
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Building blocks shared by the models: log-Mel front end, frame-aligned audio windows, a fusion block."""
+"""Building blocks shared by the models: log-Mel, cutting windows of audio, the audio front end, temporal
+convolutions, a fusion block with a padding mask, and masked losses."""
 
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ class LogMel(nn.Module):
     # DeepSpeed (data_types.keep_in_fp32_modules "auto") keeps these buffers in float32 under bf16.
     _keep_in_fp32_modules_strict = ["mel.spectrogram.window", "mel.mel_scale.fb"]
 
-    def __init__(self, n_mels: int, n_fft: int, hop_length: int, sample_rate: int = AUDIO_SAMPLE_RATE):
+    def __init__(self, n_mels: int, n_fft: int, hop_length: int, sample_rate: int = AUDIO_SAMPLE_RATE,
+                 center: bool = True):
         super().__init__()
+        self.n_fft = n_fft
         self.mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
-                                                        n_mels=n_mels, f_min=20.0, f_max=sample_rate / 2)
+                                                        n_mels=n_mels, f_min=20.0, f_max=sample_rate / 2,
+                                                        center=center)
         # torch's periodic Hann window is a view into a longer tensor, which safetensors refuses to load into.
         self.mel.spectrogram.window = self.mel.spectrogram.window.clone()
         self.norm = nn.BatchNorm2d(1)  # learns the log-Mel scale (an input normalisation)
@@ -38,19 +42,52 @@ class LogMel(nn.Module):
         return self.norm(spec.to(self.norm.weight.dtype))
 
 
-def audio_windows(audio: torch.Tensor, lengths: torch.Tensor, steps: int, window: int) -> torch.Tensor:
-    """Audio [B, L] (valid up to ``lengths``) -> [B, steps, window]: window i centred on frame i's time.
-
-    Frame i of a clip is at (i + 0.5) / steps of its audio span (the shards' timing contract); samples outside
-    the valid audio are zeros."""
-    b = audio.shape[0]
-    centres = (torch.arange(steps, device=audio.device, dtype=torch.float32) + 0.5) / steps
-    centres = centres[None, :] * lengths[:, None].float()  # [B, T]
-    start = torch.round(centres - window / 2).long()
-    index = start[:, :, None] + torch.arange(window, device=audio.device)[None, None, :]  # [B, T, W]
-    valid = (index >= 0) & (index < lengths[:, None, None])
+def window_audio(audio: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+    """Audio [B, L] -> [B, W, length]: the ``length`` samples from each start [B, W] (zeros outside the audio)."""
+    b, w = starts.shape
+    index = starts[:, :, None] + torch.arange(length, device=audio.device)[None, None, :]  # [B, W, length]
+    valid = (index >= 0) & (index < audio.shape[1])
     gathered = torch.gather(audio, 1, index.clamp(0, audio.shape[1] - 1).reshape(b, -1)).reshape(index.shape)
     return gathered * valid
+
+
+class AudioFrontEnd(nn.Module):
+    """Log-Mel [N, 1, n_mels, F x K] -> one token per video frame [N, K, dim]: 2-D convolutions that halve the
+    frequency axis and keep every 10 ms hop, the frequencies pooled, then the F hops of each frame averaged."""
+
+    def __init__(self, n_mels: int, channels: list[int], dim: int):
+        super().__init__()
+        layers, previous = [], 1
+        for width in channels:
+            layers += [nn.Conv2d(previous, width, 3, stride=(2, 1), padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.GELU()]
+            previous = width
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Sequential(nn.LayerNorm(previous), nn.Linear(previous, dim))
+
+    def forward(self, mel: torch.Tensor, hops_per_frame: int) -> torch.Tensor:
+        x = self.convs(mel).mean(2)  # [N, C, F x K]
+        n, c, hops = x.shape
+        x = x.view(n, c, hops // hops_per_frame, hops_per_frame).mean(-1)  # [N, C, K]
+        return self.proj(x.transpose(1, 2))
+
+
+class TemporalConv(nn.Module):
+    """Residual depthwise-separable 1-D convolutions over the frames of a window: [N, K, dim] -> [N, K, dim].
+    What moves (lips opening and closing, a syllable's onset) is seen across neighbouring frames."""
+
+    def __init__(self, dim: int, kernel: int, layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Sequential(
+            nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim), nn.GELU(), nn.Conv1d(dim, dim, 1))
+            for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.transpose(1, 2)
+        for layer in self.layers:
+            y = y + layer(y)
+        return self.norm(y.transpose(1, 2))
 
 
 class FusionBlock(nn.Module):
@@ -93,3 +130,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float().clamp(min=0), reduction="none")
+
+
+def log_mean_exp(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Pools per-time logits into one, between their mean and their max (multiple-instance pooling)."""
+    count = mask.sum(1).clamp(min=1)
+    return torch.logsumexp(logits.masked_fill(~mask, -1e4), dim=1) - torch.log(count.float())

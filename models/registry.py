@@ -22,6 +22,7 @@ from torch import nn
 from models.config import ConfigError, ModelSpec
 
 Builder = Callable[[ModelSpec], nn.Module]
+WEIGHTS_MANIFEST = "manifest.json"  # sha256 of each weight file, beside them (python -m scripts.fetch_pretrained)
 _MODELS: dict[str, Builder] = {}
 
 
@@ -50,8 +51,8 @@ def create_model(spec: ModelSpec, pretrained: bool = True) -> nn.Module:
 
 def _without_pretrained(spec: ModelSpec) -> ModelSpec:
     spec = copy.deepcopy(spec)
-    spec.model.visual_pretrained = None
-    spec.model.audio_pretrained = None
+    for name in ("visual_pretrained", "mouth_pretrained", "audio_pretrained"):
+        setattr(spec.model, name, None)
     return spec
 
 
@@ -62,6 +63,22 @@ def timm_backbone(name: str, pretrained_file: str | None, **kwargs) -> nn.Module
     if pretrained_file is not None:
         if not Path(pretrained_file).is_file():
             raise ConfigError(f"pretrained weight file {pretrained_file} does not exist")
+        verify_weights(pretrained_file)
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)},
                                  num_classes=0, **kwargs)
     return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+
+
+def verify_weights(path: str | Path) -> None:
+    """A weight file must match its sha256 in the manifest beside it, when there is one (ConfigError naming the
+    command that fetches it again)."""
+    import json
+
+    from shards.assets import sha256
+
+    path = Path(path)
+    manifest = path.parent / WEIGHTS_MANIFEST
+    entry = json.loads(manifest.read_text()).get(path.name) if manifest.is_file() else None
+    if entry is not None and sha256(path) != entry["sha256"]:
+        raise ConfigError(f"{path} does not match the sha256 in {manifest}: fetch it again with "
+                          f"`python -m scripts.fetch_pretrained --out {path.parent} {entry['tag']}`")

@@ -205,7 +205,8 @@ def validate(cfg: Config, source: str) -> None:
         if not ok:
             raise ConfigError(f"{source}: {message}")
 
-    need(cfg.data.frames >= 1 and cfg.data.size >= 16, "data.frames must be >= 1 and data.size >= 16")
+    need(cfg.data.windows >= 1 and cfg.data.window_frames >= 1, "data.windows and data.window_frames must be >= 1")
+    need(cfg.data.size >= 16 and cfg.data.mouth_size >= 8, "data.size must be >= 16 and data.mouth_size >= 8")
     need(cfg.data.max_clip_seconds > 0, "data.max_clip_seconds must be > 0")
     need(cfg.model.dim % cfg.model.heads == 0, f"model.dim ({cfg.model.dim}) must be divisible by model.heads "
                                                  f"({cfg.model.heads})")
@@ -215,7 +216,20 @@ def validate(cfg: Config, source: str) -> None:
     need(0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)")
     need(len(cfg.train.betas) == 2, "train.betas needs two values")
     need(len(cfg.data.augment.jpeg_quality) == 2, "data.augment.jpeg_quality needs [low, high]")
-    for name in ("visual_pretrained", "audio_pretrained"):
+    for name in PRETRAINED_FIELDS:
+        if str(getattr(cfg.model, name)).lower() == "none":  # `pretrained: none`: train from scratch, explicitly
+            setattr(cfg.model, name, None)
+
+
+PRETRAINED_FIELDS = ("visual_pretrained", "mouth_pretrained", "audio_pretrained")
+
+
+def check_pretrained(cfg: Config, source: str) -> None:
+    """The ImageNet-1K weight files the config names exist (checked when training starts, not when a config is
+    merely read); the message gives the command that fetches them."""
+    for name in PRETRAINED_FIELDS:
         file = getattr(cfg.model, name)
-        need(file is None or Path(file).is_file(),
-             f"model.{name} = {file!r} is not a file; give a local ImageNet-1K weight file or null")
+        if file is not None and not Path(file).is_file():
+            raise ConfigError(f"{source}: model.{name} = {file} does not exist; fetch the ImageNet-1K weights with "
+                              f"`python -m scripts.fetch_pretrained --out {Path(file).parent}` (see README), point "
+                              f"model.{name} at the file, or set model.{name}=none to train from scratch")

@@ -29,12 +29,16 @@ log = logging.getLogger(__name__)
 
 
 def augmenter(aug: AugmentConfig, rng: np.random.Generator) -> Augment:
-    """``prepare``'s augment hook: frames, then audio, then the temporal crop, all drawn from ``rng``."""
-    def apply(frames: torch.Tensor, audio: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        frames = torch.from_numpy(augment_frames(frames.permute(0, 2, 3, 1).numpy(), aug, rng)
-                                  ).permute(0, 3, 1, 2).contiguous()
+    """``prepare``'s augment hook: face crops, mouth crops (their own draws), audio, then the temporal crop, all
+    drawn from ``rng``."""
+    def images(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(augment_frames(x.permute(0, 2, 3, 1).numpy(), aug, rng)).permute(0, 3, 1, 2)
+
+    def apply(frames: torch.Tensor, mouths: torch.Tensor,
+              audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+        frames, mouths = images(frames).contiguous(), images(mouths).contiguous()
         audio = augment_audio(audio, aug, rng)
-        return frames, audio, temporal_keep_mask(frames.shape[0], aug, rng)
+        return frames, mouths, audio, temporal_keep_mask(frames.shape[0], aug, rng)
 
     return apply
 
@@ -51,8 +55,10 @@ def pack_arguments(config: Config | str | Path) -> list[str]:
     options inference extracts with (``InputConfig.extract_options``)."""
     cfg = config if isinstance(config, Config) else load_config(config)
     options = cfg.data.extract_options()
-    return ["--frames", str(options.frames), "--size", str(options.size), "--margin", str(options.margin),
-            "--max-clip-seconds", str(options.max_clip_seconds)]
+    return ["--windows", str(options.windows), "--window-frames", str(options.window_frames), "--fps",
+            str(options.fps), "--size", str(options.size), "--mouth-size", str(options.mouth_size), "--margin",
+            str(options.margin), "--mouth-scale", str(options.mouth_scale), "--max-clip-seconds",
+            str(options.max_clip_seconds)]
 
 
 def shard_urls(directory: str | Path | None, what: str) -> list[str]:
@@ -68,22 +74,29 @@ def shard_urls(directory: str | Path | None, what: str) -> list[str]:
     return urls
 
 
+CLIP_OPTIONS = ("windows", "window_frames", "fps", "size", "mouth_size", "margin", "mouth_scale")
+
+
 def check_shards_match(urls: list[str], cfg: Config, what: str) -> dict:
-    """Read the first sample: the shards' (frames, size) must equal the config's. Returns its meta."""
+    """Read the first sample: the shards' clip options (format, windows, frames, fps, crop sizes, margins) must
+    be the config's, or a ConfigError says how to repack. Returns its meta."""
     dataset = reader.make_dataset(urls, mode="eval", seed=0, epoch=0, shuffle_buffer=0, balance=False, rank=0,
-                           world_size=1)
-    sample = next(iter(dataset), None)
+                                  world_size=1)
+    try:
+        sample = next(iter(dataset), None)
+    except ValueError as error:  # e.g. shards of an older format
+        raise ConfigError(f"{what} shards: {error}") from error
     if sample is None:
         raise FileNotFoundError(f"{what} shards {urls[0]}...: no samples")
     meta = sample["meta"]
-    if (meta.get("frames"), meta.get("size")) != (cfg.data.frames, cfg.data.size):
-        raise ConfigError(f"{what} shards were packed with frames={meta.get('frames')} size={meta.get('size')} but the "
-                          f"config says data.frames={cfg.data.frames} data.size={cfg.data.size}: repack with "
-                          f"`python -m shards.pack --frames {cfg.data.frames} --size {cfg.data.size}` or override "
-                          f"data.frames/data.size to match the shards")
-    if "margin" in meta and abs(float(meta["margin"]) - cfg.data.margin) > 1e-6:
-        raise ConfigError(f"{what} shards were packed with margin={meta['margin']} but the config says "
-                          f"data.margin={cfg.data.margin}; make them agree (inference extracts with the config's)")
+    packed = {k: meta.get(k) for k in CLIP_OPTIONS}
+    wanted = {k: getattr(cfg.data, k) for k in CLIP_OPTIONS}
+    differ = [k for k in CLIP_OPTIONS if packed[k] is None or abs(float(packed[k]) - float(wanted[k])) > 1e-6]
+    if differ:
+        raise ConfigError(f"{what} shards were packed with {', '.join(f'{k}={packed[k]}' for k in differ)} but the "
+                          f"config says {', '.join(f'data.{k}={wanted[k]}' for k in differ)}: repack with "
+                          f"`python -m shards.pack ... $(python -m train --config CONFIG --pack-args)` or override "
+                          "the data section to match the shards (inference extracts with the config's options)")
     return meta
 
 

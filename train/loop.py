@@ -37,7 +37,7 @@ from models.checkpoint import save_best
 from models.counting import check_size, thop_counts
 from train import checkpoint
 from train.checkpoint import TrainerState
-from train.config import Config, ConfigError, dump_config, flatten, load_config
+from train.config import Config, ConfigError, check_pretrained, dump_config, flatten, load_config
 from train.data import (
     check_shards_match,
     count_samples,
@@ -140,6 +140,7 @@ def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
     """Config, accelerator, data, model, optimizer, tracker and (with --resume) the saved state."""
     args, overrides = parse_args(argv)
     cfg = load_config(args.config, overrides)
+    check_pretrained(cfg, str(args.config))
     if args.train_shards is not None:
         cfg.data.train_shards = str(args.train_shards)
     if args.val_shards is not None:

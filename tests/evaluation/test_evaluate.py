@@ -179,19 +179,19 @@ def test_generality_holds_methods_out_of_training(demo):
     result = json.loads((demo / "eval" / "generality.json").read_text())
     (experiment,) = result["experiments"]
     meta = read_meta(demo / "data")
-    assert experiment["held_out"] == ["lip_sync"]
-    assert experiment["train_videos"] == sum(r["split"] == "train" and r["method"] != "lip_sync" for r in meta)
-    work = demo / "eval" / "generality" / "holdout-lip_sync"
+    assert experiment["held_out"] == ["lip_sync_dub"]
+    assert experiment["train_videos"] == sum(r["split"] == "train" and r["method"] != "lip_sync_dub" for r in meta)
+    work = demo / "eval" / "generality" / "holdout-lip_sync_dub"
     trained_on = {p.name for p in (work / "data" / "train").iterdir()}
-    assert not trained_on & {r["video_name"] for r in meta if r["method"] == "lip_sync"}
+    assert not trained_on & {r["video_name"] for r in meta if r["method"] == "lip_sync_dub"}
     test_methods = {r["method"] for r in meta if r["split"] == "test" and r["target"] == "1"}
     assert set(experiment["per_method"]) == test_methods
-    lip_sync_test = sum(r["split"] == "test" and r["method"] == "lip_sync" for r in meta)
-    assert lip_sync_test > 0 and experiment["per_method"]["lip_sync"]["n_fake"] == lip_sync_test
+    lip_sync_test = sum(r["split"] == "test" and r["method"] == "lip_sync_dub" for r in meta)
+    assert lip_sync_test > 0 and experiment["per_method"]["lip_sync_dub"]["n_fake"] == lip_sync_test
     for method, m in experiment["per_method"].items():
-        assert m["seen"] == (method != "lip_sync")
+        assert m["seen"] == (method != "lip_sync_dub")
         assert m["auc"] is None or 0.0 <= m["auc"] <= 1.0
-    assert experiment["unseen_pooled"]["n_fake"] == sum(r["split"] == "test" and r["method"] == "lip_sync"
+    assert experiment["unseen_pooled"]["n_fake"] == sum(r["split"] == "test" and r["method"] == "lip_sync_dub"
                                                         for r in meta)
     assert set(experiment["reference"]["per_method"]) == test_methods | {"all"}
     assert (work / "run" / "best" / "model.safetensors").is_file()

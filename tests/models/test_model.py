@@ -9,7 +9,7 @@ import torch
 
 from models import create_model, list_models
 from models.batch import collate, example_batch, prepare
-from models.layers import audio_windows
+from models.layers import window_audio
 from train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,13 +31,15 @@ def test_output_contract(tiny):
     model, cfg = tiny
     batch = example_batch(cfg.data, 3)
     out = model(batch)
-    t = cfg.data.frames
+    t, w, k = cfg.data.frames, cfg.data.windows, cfg.data.window_frames
+    shifts = 2 * min(cfg.model.sync_max_shift, k - 1) + 1
     shapes = {"logit": (3,), "audio_logit": (3,), "visual_logit": (3,), "visual_token_logits": (3, t),
-              "audio_token_logits": (3, t), "cls_attention": (3, 2 * t), "sync": (3, t), "sync_matrix": (3, t, t)}
+              "audio_token_logits": (3, t), "cls_attention": (3, 3 * t), "sync": (3, t), "sync_matrix": (3, w, k, k),
+              "shift_logits": (3, w, shifts), "sync_score": (3,)}
     for key, shape in shapes.items():
         assert tuple(out[key].shape) == shape, key
         assert torch.isfinite(out[key]).all(), key
-    mass = out["cls_attention"].sum(1)  # the CLS token's attention to the 2T tokens (the rest is on itself)
+    mass = out["cls_attention"].sum(1)  # the CLS token's attention to the 3T tokens (the rest is on itself)
     assert ((mass > 0) & (mass <= 1 + 1e-5)).all()
     loss, parts = model.loss(out, batch)
     assert torch.isfinite(loss) and set(parts) == {"main", "audio", "visual", "token", "sync"}
@@ -50,34 +52,64 @@ def test_missing_modality_is_masked_not_zeroed(tiny):
     batch["audio_mask"][0] = False  # clip 0 has no audio
     batch["visual_mask"][1] = False  # clip 1 has no face
     base = model(batch)
-    changed = dict(batch, audio=batch["audio"].clone(), frames=batch["frames"].clone())
+    changed = dict(batch, audio=batch["audio"].clone(), frames=batch["frames"].clone(), mouths=batch["mouths"].clone())
     changed["audio"][0] = torch.rand_like(changed["audio"][0])  # whatever is in a masked modality ...
     changed["frames"][1] = 255 - changed["frames"][1]
+    changed["mouths"][1] = 255 - changed["mouths"][1]
     after = model(changed)
     # ... cannot change the clip's score, and each unimodal head ignores the other modality
     assert torch.allclose(base["logit"], after["logit"], atol=1e-5)
     swapped_audio = dict(batch, audio=torch.flip(batch["audio"], [1]))
     assert torch.allclose(model(swapped_audio)["visual_logit"], base["visual_logit"], atol=1e-5)
-    swapped_frames = dict(batch, frames=torch.flip(batch["frames"], [-1]))
+    swapped_frames = dict(batch, frames=torch.flip(batch["frames"], [-1]), mouths=torch.flip(batch["mouths"], [-1]))
     assert torch.allclose(model(swapped_frames)["audio_logit"], base["audio_logit"], atol=1e-5)
     # and clip 0 (no audio) is scored from its faces: its visual-only and audio-visual views see the same tokens
     unmasked = model(dict(batch, audio_mask=torch.ones_like(batch["audio_mask"])))
     assert not torch.allclose(unmasked["logit"][0], base["logit"][0], atol=1e-5)
 
 
-def test_audio_windows_are_centred_on_frame_times():
-    length, steps, window = 1600, 4, 80
+def test_window_audio_is_cut_at_each_windows_offset():
     audio = torch.zeros(1, 2000)
-    centres = [int((i + 0.5) * length / steps) for i in range(steps)]
-    audio[0, centres] = 1.0
-    windows = audio_windows(audio, torch.tensor([length]), steps, window)
-    assert windows.shape == (1, steps, window)
-    for i in range(steps):
-        assert windows[0, i].argmax().item() == window // 2  # each frame's impulse sits mid-window
-        assert windows[0, i].sum().item() == 1.0  # neighbours' impulses are 400 samples away
-    # samples past the clip's valid audio are zeros, not the padding's content
-    audio[0, length:] = 5.0
-    assert audio_windows(audio, torch.tensor([length]), steps, window).max() == 1.0
+    audio[0, [100, 900]] = 1.0
+    cut = window_audio(audio, torch.tensor([[100, 900]]), 50)
+    assert cut.shape == (1, 2, 50) and cut[0, :, 0].tolist() == [1.0, 1.0] and cut.sum().item() == 2.0
+    # outside the audio: zeros, not a wrapped or clamped sample
+    assert window_audio(audio, torch.tensor([[-10, 1990]]), 20)[0, 0, :10].abs().sum() == 0
+    assert window_audio(audio, torch.tensor([[-10, 1990]]), 20)[0, 1, 10:].abs().sum() == 0
+
+
+def test_each_frames_audio_token_hears_its_own_40_ms(tiny):
+    """A click in frame k's audio changes audio token k (and its temporal-convolution neighbours), not the far
+    frames: the audio stream is aligned with the frames to the hop."""
+    model, cfg = tiny
+    batch = example_batch(cfg.data, 1)
+    batch["audio"].zero_()
+    per_frame = cfg.data.samples_per_frame()
+    offset = int(batch["window_offsets"][0, 1])
+    with torch.no_grad():
+        quiet = model.encode_voice(batch["audio"], batch["window_offsets"])
+        batch["audio"][0, offset + 5 * per_frame + per_frame // 2] = 1.0  # window 1, frame 5
+        click = model.encode_voice(batch["audio"], batch["window_offsets"])
+    changed = (click - quiet).abs().sum(-1)[0] > 1e-6
+    k = cfg.data.window_frames
+    assert changed[k + 5] and not changed[:k].any()  # window 0 hears nothing of window 1
+    reach = cfg.model.temporal_kernel // 2 * cfg.model.temporal_layers + 1  # conv front end: one hop either way
+    assert not changed[k + 5 + reach + 1:].any() and not changed[k:k + 5 - reach - 1].any()
+
+
+def test_shift_logits_peak_where_lips_and_audio_align(tiny):
+    model, _ = tiny
+    k, d = 8, model.max_shift
+    for true_shift in (0, 2, -3):
+        sim = torch.full((1, 1, k, k), -1.0)
+        for i in range(k):
+            if 0 <= i + true_shift < k:
+                sim[0, 0, i, i + true_shift] = 1.0
+        pairs = torch.ones(1, 1, k, dtype=torch.bool)
+        logits = model.shift_logits(sim, pairs)[0, 0]
+        assert logits.argmax().item() == true_shift + d
+        score, has = model.sync_evidence(logits[None, None], pairs)
+        assert has.item() == 1.0 and (score.item() > 0) == (true_shift == 0)
 
 
 def test_baseline_scores_are_the_logit_difference():
@@ -105,10 +137,9 @@ def test_bf16_model_runs(tiny):
 def test_tiny_overfits_a_handful_of_clips():
     import numpy as np
 
-    from tests.train.conftest import FRAMES, SIZE, decoded, make_sample
+    from tests.train.conftest import TINY_TEST_OVERRIDES, decoded, make_sample
 
-    cfg = load_config(TINY, [f"data.frames={FRAMES}", f"data.size={SIZE}", "data.max_clip_seconds=1.0",
-                             "model.audio_window_seconds=0.25"])
+    cfg = load_config(TINY, TINY_TEST_OVERRIDES)
     torch.manual_seed(0)
     model = create_model(cfg).train()
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from models.counting import MAX_PARAMS, check_size
-from train.config import ConfigError, load_config, parse_overrides
+from train.config import ConfigError, check_pretrained, load_config, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
@@ -22,7 +22,7 @@ def test_configs_are_shipped():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     cfg = load_config(path)
-    assert cfg.data.frames >= 1 and cfg.data.size >= 16
+    assert cfg.data.frames >= 1 and cfg.data.size >= 16 and cfg.data.mouth_size >= 8
 
 
 def test_baseline_is_the_organizers_recipe():
@@ -77,7 +77,6 @@ def test_unknown_section_and_unknown_override():
     ("log.mlflow=maybe", "expected true/false"),
     ("train.optimizer=sgd", "not one of"),
     ("model.dim=65", "divisible by model.heads"),
-    ("model.visual_pretrained=/no/such/file.pth", "is not a file"),
 ])
 def test_type_and_value_errors(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -86,8 +85,8 @@ def test_type_and_value_errors(override, message):
 
 def test_type_error_in_yaml_names_the_file(tmp_path):
     path = tmp_path / "typed.yaml"
-    path.write_text("data:\n  frames: many\n")
-    with pytest.raises(ConfigError, match=f"{path}: data.frames: expected an integer"):
+    path.write_text("data:\n  windows: many\n")
+    with pytest.raises(ConfigError, match=f"{path}: data.windows: expected an integer"):
         load_config(path)
 
 
@@ -101,3 +100,12 @@ def test_model_over_the_limit_is_refused():
         big = nn.Linear(20_000, MAX_PARAMS // 20_000 + 1)
     with pytest.raises(ConfigError, match=r"configs/big.yaml: the model has 200\.0M parameters, over"):
         check_size(big, "configs/big.yaml")
+
+
+def test_missing_pretrained_weights_stop_training_with_the_fetch_command():
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["model.visual_pretrained=/no/such/file.safetensors"])
+    with pytest.raises(ConfigError, match=r"/no/such/file.safetensors does not exist.*scripts.fetch_pretrained"):
+        check_pretrained(cfg, "configs/tiny.yaml")
+    scratch = load_config(ROOT / "configs" / "base.yaml", ["model.visual_pretrained=none", "model.mouth_pretrained=None"])
+    assert scratch.model.visual_pretrained is None and scratch.model.mouth_pretrained is None
+    check_pretrained(scratch, "configs/base.yaml")  # `none`: trained from scratch, on purpose

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.batch import collate, modality_labels, prepare
-from tests.train.conftest import FRAMES, SIZE, decoded, make_sample
+from tests.train.conftest import FRAMES, MOUTH, SIZE, TINY_TEST_OVERRIDES, WINDOW_FRAMES, decoded, make_sample
 from train.config import load_config
 from train.data import prepare_train
 
@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config(ROOT / "configs" / "tiny.yaml", [f"data.frames={FRAMES}", f"data.size={SIZE}",
-                                                         "data.max_clip_seconds=2.0"])
+    return load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, "data.max_clip_seconds=2.0"])
 
 
 def sample(i: int, label: int = 1, **kwargs) -> dict:
@@ -30,6 +29,9 @@ def test_eval_transform_shapes_and_masks(cfg):
     batch = collate([prepare(sample(0), cfg.data), prepare(sample(1, 0, has_face=False), cfg.data),
                      prepare(sample(2, 1, has_audio=False), cfg.data)])
     assert batch["frames"].shape == (3, FRAMES, 3, SIZE, SIZE) and batch["frames"].dtype == torch.uint8
+    assert batch["mouths"].shape == (3, FRAMES, 3, MOUTH, MOUTH) and batch["mouths"].dtype == torch.uint8
+    # window w starts (w + 0.5) * 1 s / 2 - 2 frames / 25 fps / 2 into the clip: samples 3360 and 11360
+    assert batch["window_offsets"].tolist() == [[3360, 11360]] * 3
     assert batch["audio"].shape == (3, 32_000)  # padded to data.max_clip_seconds
     assert batch["audio_length"].tolist() == [16_000, 16_000, 0]
     assert batch["visual_mask"].tolist() == [[True] * FRAMES, [False] * FRAMES, [True] * FRAMES]
@@ -66,8 +68,8 @@ def test_temporal_crop_keeps_a_contiguous_run(cfg):
 
 
 def test_wrong_extraction_options_fail_clearly(cfg):
-    other = load_config(ROOT / "configs" / "tiny.yaml", ["data.frames=8", f"data.size={SIZE}"])
-    with pytest.raises(ValueError, match=r"data.frames, data.size.*repack"):
+    other = load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, f"data.window_frames={2 * WINDOW_FRAMES}"])
+    with pytest.raises(ValueError, match=r"data.windows x data.window_frames.*repack"):
         prepare(sample(6), other.data)
 
 

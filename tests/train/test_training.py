@@ -121,7 +121,7 @@ def test_best_checkpoint_reproduces_its_validation_metrics(full_run, tiny_shards
     from tests.train.conftest import decoded
 
     model, cfg = load_for_inference(full_run / "best")
-    assert not model.training and cfg.data.frames == 4
+    assert not model.training and cfg.data.frames == 4 and cfg.data.windows == 2
     samples = []
     for shard in sorted(Path(tiny_shards["val"]).glob("*.tar")):
         with tarfile.open(shard) as tar:
@@ -167,7 +167,7 @@ def test_broken_checkpoints_fail_clearly(full_run, tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["data.frames=8"], "shards were packed with frames=4 size=32 but the config says data.frames=8"),
+    (["data.window_frames=8"], "shards were packed with window_frames=2 but the config says data.window_frames=8"),
     (["train.lrr=1"], "command line: unknown key 'train.lrr'"),
 ])
 def test_startup_errors_are_clear(tiny_shards, tmp_path, extra, message, capsys):
