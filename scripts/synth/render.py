@@ -81,7 +81,7 @@ def build_audio(spec: VideoSpec, ctx: Context) -> tuple[np.ndarray, np.ndarray, 
         heard = audio.convert_voice(filmed, f.audio, params, rng(spec.seed, spec.index, RENDER, 2))
     elif f.audio in TTS_ENGINES:
         heard = audio.text_to_speech(f.tts_text, f.tts_voice, params, n.leading_silence, samples,
-                                     ctx.voice_rates[spec.identity.voice])
+                                     ctx.voice_rates[spec.identity.voice], filmed)
     heard = heard + audio.room_tone(filmed, rng(spec.seed, spec.index, RENDER, 3))
     times = (np.arange(n.frames) + 0.5) / n.fps
     offset = f.av_offset + (f.av_offset_end - f.av_offset) * times / n.duration
