@@ -210,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     stale = check_out(args.out, args.overwrite)
     context, catalog = load_context()
-    specs = plan(args.seed, args.videos, catalog, context.sources, args.shares)
+    try:
+        specs = plan(args.seed, args.videos, catalog, context.sources, args.shares)
+    except ValueError as error:  # e.g. shares that leave a split without a genuine and a fake video
+        raise SystemExit(f"error: {error}") from None
     prepare_out(args.out, stale)
     total = generate(specs, args.out, context, min(args.workers, len(specs)))
     write_csvs(specs, args.out)

@@ -224,11 +224,29 @@ def flite(text: str, voice: str, stretch: float, f0: float) -> np.ndarray:
         return read_speech(str(out))
 
 
+def long_term_spectrum(spec: np.ndarray) -> np.ndarray:
+    """Mean power per frequency over the frames that hold sound, smoothed over ~200 Hz."""
+    power = np.abs(spec) ** 2
+    energy = power.sum(1)
+    sounding = power[energy > 1e-3 * max(float(energy.max()), 1e-12)]
+    mean = sounding.mean(0) if len(sounding) else power.mean(0)
+    return np.convolve(mean, np.ones(7) / 7, mode="same") + 1e-10
+
+
+def match_spectrum(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``x`` equalised to the long-term spectrum of ``reference`` (what a careful forger does to make a synthetic
+    voice sound like it came through the speaker's microphone and channel)."""
+    spec = stft(x)
+    gain = np.sqrt(long_term_spectrum(stft(reference)) / long_term_spectrum(spec))
+    return istft(spec * np.clip(gain, 0.05, 20), len(x))
+
+
 def text_to_speech(sentences: tuple[str, ...], voice: str, params: dict[str, float], leading: float, samples: int,
-                   rate: float) -> np.ndarray:
+                   rate: float, reference: np.ndarray) -> np.ndarray:
     """The sentences spoken after ``leading`` s (flite's own pauses between them, its leading and trailing
-    silence cut), at the speech level, band-limited like the speaker's recordings (``rate``) so that bandwidth
-    alone does not give it away."""
+    silence cut), at the speech level, equalised to the long-term spectrum of the filmed utterance
+    (``reference``) and band-limited like the speaker's recordings (``rate``), so that neither bandwidth nor
+    overall timbre alone gives it away."""
     x = flite(" ".join(sentences), voice, params["stretch"], params["f0"])
     loud = np.flatnonzero(np.abs(x) > 0.02 * max(float(np.abs(x).max()), 1e-6))
     x = x[loud[0]:loud[-1] + 1] if len(loud) else x
@@ -236,7 +254,7 @@ def text_to_speech(sentences: tuple[str, ...], voice: str, params: dict[str, flo
     pos = int(round(leading * SR))
     x = x[:max(0, samples - pos)]
     out[pos:pos + len(x)] = x * (0.1 / max(float(np.sqrt(np.mean(x**2))), 1e-4)) if len(x) else x
-    return bandwidth(out, rate * params["band_ratio"])
+    return bandwidth(match_spectrum(out, reference), rate * params["band_ratio"])
 
 
 def finish(x: np.ndarray, nuisance: Nuisance, r: np.random.Generator) -> np.ndarray:

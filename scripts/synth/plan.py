@@ -64,7 +64,7 @@ SENTENCES = (
     "Nobody expected the announcement to come so soon.", "All lines are busy at the moment.",
 )
 
-RESOLUTIONS = ((320, 240), (426, 240), (480, 360), (640, 360), (640, 480), (854, 480), (960, 540), (1280, 720))
+RESOLUTIONS = ((320, 240), (426, 240), (480, 360), (640, 360), (640, 480), (854, 480), (960, 540), (1024, 576))
 FPS = (25, 30)
 SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
 AUDIO_BITRATES = (48000, 64000, 96000, 128000)
@@ -351,7 +351,7 @@ def draw_camera(r: np.random.Generator) -> Camera:
         zoom_drift=float(r.uniform(-0.06, 0.06)), pan=(float(r.uniform(-0.04, 0.04)), float(r.uniform(-0.03, 0.03))),
         shake=float(r.uniform(0.0, 0.006)), roll=float(r.uniform(-2, 2)), nod=float(r.uniform(0.5, 2.5)),
         speech_nod=float(r.uniform(0.0, 2.0)), gains=tuple(float(g) for g in r.uniform(0.92, 1.08, 3)),
-        gamma=float(r.uniform(0.85, 1.15)), noise=float(r.uniform(0.0, 0.012)), blur=float(r.uniform(0.0, 0.8)),
+        gamma=float(r.uniform(0.85, 1.15)), noise=float(r.uniform(0.0, 0.008)), blur=float(r.uniform(0.0, 0.8)),
     )
 
 

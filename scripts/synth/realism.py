@@ -1,13 +1,14 @@
 """Low-level statistics of each video, and whether any of them alone separates genuine from fake videos.
 
-    python -m scripts.synth.realism DATA_DIR [--json OUT]     (DATA_DIR: a generated dataset with meta.csv)
+    python -m scripts.synth.realism DATA_DIR [--by category|family|method] [--json OUT]
 
 Per video, read back from the mp4 (PyAV): frame noise level (MAD of the Laplacian, as sigma), sharpness
 (variance of the Laplacian), brightness, contrast and frame-to-frame change over the whole frame; sharpness and
 noise inside the face box (BlazeFace on the first frame); and of the audio (16 kHz mono) the spectral roll-off
 (85 %), centroid and flatness of the frames that hold sound, the speech level and the noise floor (10th
 percentile of the frame levels). ``separability`` gives, per statistic, the two-sided AUC (max(AUC, 1 - AUC)) of
-genuine videos against every fake and against each fake category, and the chance threshold for that comparison.
+genuine videos against every fake and against each fake category (family, method), and the chance threshold
+for that comparison. DATA_DIR is a dataset written by ``python -m scripts.make_synthetic_dataset``.
 """
 
 from __future__ import annotations
@@ -114,12 +115,15 @@ def two_sided_auc(genuine: np.ndarray, fake: np.ndarray) -> float:
     return float(max(auc, 1 - auc))
 
 
-def separability(meta: list[dict[str, str]], stats: dict[str, dict[str, float]]) -> dict[str, dict[str, dict]]:
-    """{statistic: {group: {auc, threshold, n_fake}}}: genuine vs all fakes ("all") and vs each fake category."""
+def separability(meta: list[dict[str, str]], stats: dict[str, dict[str, float]],
+                 by: str = "category") -> dict[str, dict[str, dict]]:
+    """{statistic: {group: {auc, threshold, n_fake}}}: genuine vs all fakes ("all") and vs the fakes of each
+    value of the meta.csv column ``by`` (category, family or method)."""
     genuine = [r["video_name"] for r in meta if r["category"] == REAL_CATEGORY]
-    groups = {"all": [r["video_name"] for r in meta if r["category"] != REAL_CATEGORY]}
-    for category in sorted({r["category"] for r in meta} - {REAL_CATEGORY}):
-        groups[category] = [r["video_name"] for r in meta if r["category"] == category]
+    fakes = [r for r in meta if r["category"] != REAL_CATEGORY]
+    groups = {"all": [r["video_name"] for r in fakes]}
+    for value in sorted({r[by] for r in fakes}):
+        groups[value] = [r["video_name"] for r in fakes if r[by] == value]
     table: dict[str, dict[str, dict]] = {}
     for stat in STATISTICS:
         table[stat] = {}
@@ -151,12 +155,14 @@ def dataset_statistics(data_dir: Path) -> tuple[list[dict[str, str]], dict[str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", type=Path, help="a dataset written by python -m scripts.make_synthetic_dataset")
+    parser.add_argument("--by", choices=("category", "family", "method"), default="category",
+                        help="compare genuine videos with the fakes of each category, family or method")
     parser.add_argument("--json", type=Path, help="also write the table as JSON")
     args = parser.parse_args(argv)
     meta, stats = dataset_statistics(args.data)
-    table = separability(meta, stats)
+    table = separability(meta, stats, args.by)
     groups = list(next(iter(table.values())))
-    print(f"{'statistic':<16}" + "".join(f"{g[:19]:>21}" for g in groups))
+    print(f"{'statistic':<16}" + "".join(f"{g[:19]:>21}" for g in groups))  # AUC / chance threshold
     for stat, row in table.items():
         print(f"{stat:<16}" + "".join(f"{row[g]['auc']:>14.3f} / {row[g]['threshold']:.2f}" if g in row else
                                       f"{'-':>21}" for g in groups))

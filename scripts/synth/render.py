@@ -81,7 +81,7 @@ def build_audio(spec: VideoSpec, ctx: Context) -> tuple[np.ndarray, np.ndarray, 
         heard = audio.convert_voice(filmed, f.audio, params, rng(spec.seed, spec.index, RENDER, 2))
     elif f.audio in TTS_ENGINES:
         heard = audio.text_to_speech(f.tts_text, f.tts_voice, params, n.leading_silence, samples,
-                                     ctx.voice_rates[spec.identity.voice])
+                                     ctx.voice_rates[spec.identity.voice], filmed)
     heard = heard + audio.room_tone(filmed, rng(spec.seed, spec.index, RENDER, 3))
     times = (np.arange(n.frames) + 0.5) / n.fps
     offset = f.av_offset + (f.av_offset_end - f.av_offset) * times / n.duration
@@ -248,7 +248,7 @@ def frames(spec: VideoSpec, ctx: Context, mouth: np.ndarray, head: np.ndarray) -
     lut = grade_lut(cam)
     photo = filmed.rgb
     if cam.blur > 0.3:
-        photo = cv2.GaussianBlur(photo, (0, 0), cam.blur)
+        photo = cv2.GaussianBlur(photo, (3, 3), cam.blur)
     buffer = cv2.LUT(to_u8(photo), lut)
     head_base = to_u8(filmed.rgb[hy0:hy1, hx0:hx1])
     motion = HeadMotion(face, head_box)
@@ -275,7 +275,7 @@ def frames(spec: VideoSpec, ctx: Context, mouth: np.ndarray, head: np.ndarray) -
         map_x, map_y = motion.maps(float(nod[k]), float(sway[0][k]), float(sway[1][k]))
         region = cv2.remap(region, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         if cam.blur > 0.3:
-            region = cv2.GaussianBlur(region, (0, 0), cam.blur)
+            region = cv2.GaussianBlur(region, (3, 3), cam.blur)
         buffer[hy0:hy1, hx0:hx1] = cv2.LUT(region, lut)
         frame = cv2.warpAffine(buffer, poses[k], (n.width, n.height), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REFLECT)
@@ -299,7 +299,8 @@ def encode(path: Path, video: Iterator[np.ndarray], sound: np.ndarray, n: Nuisan
         aus.bit_rate = n.audio_bitrate
         written = 0
         for k, rgb in enumerate(video):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            # OpenCV's BT.601 limited-range conversion: the same as FFmpeg's, ten times faster
+            frame = av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
             frame.pts = k
             container.mux(vs.encode(frame))
             # interleave: audio up to the end of this frame
