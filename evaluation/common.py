@@ -70,7 +70,7 @@ def read_meta(data_dir: Path) -> list[dict[str, str]]:
     path = Path(data_dir) / "meta.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the dataset folder needs the meta.csv that "
-                                "scripts/make_synthetic_dataset.py writes (video_name,split,target,category,method)")
+                                "python -m scripts.make_synthetic_dataset writes (video_name,split,target,category,method)")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     need = {"video_name", "split", "target", "category", "method"}

@@ -16,7 +16,6 @@ import numpy as np
 
 from competition import find_videos
 from evaluation.common import ROOT, DemoLayout, add_common_arguments, mlflow_run, write_json
-from train.data import pack_arguments
 
 log = logging.getLogger("evaluation.speed")
 

@@ -30,7 +30,7 @@ def run(cmd: list, **kwargs) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
-    run([sys.executable, "scripts/make_synthetic_dataset.py", "--out", out, "--videos", TEST_VIDEOS, "--seed", 0,
+    run([sys.executable, "-m", "scripts.make_synthetic_dataset", "--out", out, "--videos", TEST_VIDEOS, "--seed", 0,
          "--workers", os.cpu_count() or 1])
     return out
 

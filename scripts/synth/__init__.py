@@ -1,1 +1,1 @@
-"""Helpers of scripts/make_synthetic_dataset.py (imported with scripts/ on sys.path)."""
+"""The synthetic dataset's generator (``python -m scripts.make_synthetic_dataset``) and the test media helpers."""
