@@ -1,16 +1,16 @@
 """Evaluations of a `make demo` output folder; each writes JSON (and a table/figure) under DEMO_DIR/eval/.
 
-    python -m evaluation generality --demo-dir runs/demo [--holdout lip_sync_dub,both_swap_vc] [--override k=v]
+    python -m evaluation generality --demo-dir runs/demo [--holdout av_offset,vc_lpc] [--configs tiny,baseline]
     python -m evaluation robustness --demo-dir runs/demo [--model tiny] [--perturbations a,b] [--levels 1,5]
     python -m evaluation modality   --demo-dir runs/demo [--models baseline,tiny]
     python -m evaluation shortcuts  --demo-dir runs/demo [--splits train,val,test] [--threshold 0.7]
     python -m evaluation speed      --demo-dir runs/demo
-    python -m evaluation sync       --demo-dir runs/demo [--model small] [--shifts 40,80,120,200,400]
+    python -m evaluation sync       --demo-dir runs/demo [--checkpoint RUN/best] [--shifts 40,80,120,200,400]
 
-generality: train the tiny config without the held-out manipulation methods (a subset folder of symlinks, packed
-  with `python -m shards.pack`, trained with `python -m train`, predicted with `python -m infer`), then AUC and
-  TPR@FPR=1e-3 on the test set per method: genuine test videos vs that method's fakes. Repeat --holdout for
-  several experiments.
+generality: train each config without the held-out methods and families (a subset folder of symlinks, packed
+  with `python -m shards.pack`, trained with `python -m train`, predicted with `python -m infer`), then AUC with
+  bootstrap intervals and TPR@FPR=1e-3 on the test set (unseen identities and voices) per method, family and
+  category: seen methods, unseen implementations, unseen families. Repeat --holdout for several experiments.
 robustness: extract the test videos once, apply each perturbation of evaluation/perturb.py (DeeperForensics video
   protocol, 7 types x 5 levels, plus audio noise/low-pass/AAC/resampling) deterministically, score each condition.
 modality: AUC of the fused, audio-only and visual-only heads per FakeAVCeleb category and per method, from the

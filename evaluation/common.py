@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata
 
 from competition import TPR_KEY, compute_metrics
 
@@ -114,17 +115,45 @@ def run_command(cmd: list, log_path: Path | None = None) -> None:
 
 
 # --- metrics ------------------------------------------------------------------------------------------------
-def binary_metrics(labels: Iterable[int], scores: Iterable[float]) -> dict:
-    """AUC and TPR@FPR=1e-3 (``competition.compute_metrics``) with the counts; None for both when one class is absent."""
+def binary_metrics(labels: Iterable[int], scores: Iterable[float], ci: bool = False) -> dict:
+    """AUC and TPR@FPR=1e-3 (``competition.compute_metrics``) with the counts; None for both when one class is absent.
+
+    ``ci``: also ``auc_ci``, the 95% stratified bootstrap interval of the AUC (``bootstrap_auc_ci``)."""
     y = np.asarray(list(labels), dtype=int)
     s = np.asarray(list(scores), dtype=float)
     out = {"n": int(y.size), "n_fake": int(y.sum()), "auc": None, TPR_KEY: None}
+    if ci:
+        out["auc_ci"] = None
     if y.size == 0 or y.min() == y.max():
         return out
     metrics = compute_metrics(y.tolist(), s.tolist())
     out["auc"] = float(metrics["auc"])
     out[TPR_KEY] = float(metrics[TPR_KEY])
+    if ci:
+        out["auc_ci"] = bootstrap_auc_ci(y, s)
     return out
+
+
+def bootstrap_auc_ci(labels: np.ndarray, scores: np.ndarray, resamples: int = 1000, level: float = 0.95,
+                     seed: int = 0) -> list[float]:
+    """Percentile interval of the AUC over ``resamples`` stratified bootstrap resamples (genuine and fake videos
+    drawn with replacement within their class, so every resample has both). The AUC of a resample is the
+    Mann-Whitney statistic on tie-averaged ranks (scipy), the same number ``sklearn.metrics.roc_auc_score`` gives,
+    computed for all resamples at once."""
+    rng = np.random.default_rng(seed)
+    real, fake = scores[labels == 0], scores[labels == 1]
+    aucs = rank_auc(rng.choice(fake, (resamples, fake.size)), rng.choice(real, (resamples, real.size)))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(aucs, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+def rank_auc(fake: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """AUC of each row pair (fake scores ``[..., n_fake]``, genuine ``[..., n_real]``): the Mann-Whitney statistic
+    on tie-averaged ranks."""
+    ranks = rankdata(np.concatenate([fake, real], axis=-1), axis=-1)
+    n_fake, n_real = fake.shape[-1], real.shape[-1]
+    return (ranks[..., :n_fake].sum(-1) - n_fake * (n_fake + 1) / 2) / (n_fake * n_real)
 
 
 def auc_null_sd(n_real: int, n_fake: int) -> float:
@@ -154,9 +183,10 @@ def details_path(submission: Path) -> Path:
 
 
 def group_metrics(meta: list[dict], scores: dict[str, dict], column: str, group_key: str,
-                  split: str = "test") -> dict[str, dict]:
+                  split: str = "test", ci: bool = True) -> dict[str, dict]:
     """For each fake group (a method or a category): genuine videos of ``split`` vs the fakes of that group,
-    scored by ``column``; plus ``all`` (every fake). Videos without a score in ``column`` are left out."""
+    scored by ``column``; plus ``all`` (every fake). Videos without a score in ``column`` are left out.
+    ``ci``: with the bootstrap interval of each AUC."""
     rows = [r for r in meta if r["split"] == split and r["video_name"] in scores
             and scores[r["video_name"]].get(column) is not None]
     real = [r for r in rows if int(r["target"]) == 0]
@@ -167,7 +197,7 @@ def group_metrics(meta: list[dict], scores: dict[str, dict], column: str, group_
         chosen = fakes if group == "all" else [r for r in fakes if r[group_key] == group]
         subset = real + chosen
         out[group] = binary_metrics([int(r["target"]) for r in subset],
-                                    [scores[r["video_name"]][column] for r in subset])
+                                    [scores[r["video_name"]][column] for r in subset], ci=ci)
     return out
 
 
@@ -239,4 +269,7 @@ def add_common_arguments(parser, demo_required: bool = True) -> None:
 
 
 def fmt(value) -> str:
+    """A number with 3 decimals, an interval as [low, high], or n/a."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(fmt, value)) + "]"
     return "n/a" if value is None else f"{value:.3f}"

@@ -113,16 +113,19 @@ def plot_curves(histories: dict[str, dict[str, list[tuple[int, float]]]], path: 
 
 
 def plot_generality(result: dict, path: Path) -> Path:
-    """Per-method test AUC of each held-out experiment, and of the model trained on every method."""
+    """Per-method test AUC of each held-out experiment and of the same config trained on every method; methods
+    the experiments did not train on are starred."""
     experiments = result["experiments"]
     methods = sorted({m for e in experiments for m in e["per_method"]})
+    unseen = {m for e in experiments for m, v in e["per_method"].items() if v["status"] != "seen"}
     series = {}
     for e in experiments:
-        series[f"unseen: {', '.join(e['held_out'])}"] = [e["per_method"].get(m, {}).get("auc") for m in methods]
+        series[f"{e['model']}, methods held out"] = [e["per_method"].get(m, {}).get("auc") for m in methods]
         ref = e.get("reference")
-        if ref and "trained on all methods" not in series:
-            series["trained on all methods"] = [ref["per_method"].get(m, {}).get("auc") for m in methods]
-    return plot_grouped_bars(methods, series, path, "Test AUC per manipulation method (genuine vs method)")
+        if ref:
+            series[f"{e['model']}, all methods"] = [ref["per_method"].get(m, {}).get("auc") for m in methods]
+    labels = [f"{m}*" if m in unseen else m for m in methods]
+    return plot_grouped_bars(labels, series, path, "Test AUC per method (genuine vs method; * not in training)")
 
 
 def plot_modality(result: dict, path: Path) -> Path:

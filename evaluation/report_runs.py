@@ -9,8 +9,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from competition import compute_metrics
-from evaluation.common import DemoLayout, details_path, mlflow_run, read_csv_rows
+from evaluation.common import DemoLayout, bootstrap_auc_ci, details_path, mlflow_run, read_csv_rows
 
 EVALUATIONS = ("shortcuts", "modality", "robustness", "generality", "speed")  # speed reads robustness' timing
 OURS = "tiny"  # the run compared with the baseline when several exist (the demo trains baseline and tiny)
@@ -99,7 +101,10 @@ def read_run(name: str, folder: Path, src: Sources, test_labels: dict[str, int],
 
 
 def _metrics(y: list[int], s: list[float]) -> dict:
-    return compute_metrics(y, s)
+    metrics = compute_metrics(y, s)
+    if len(set(y)) == 2:
+        metrics["auc_ci"] = bootstrap_auc_ci(np.asarray(y), np.asarray(s, dtype=float))
+    return metrics
 
 
 def _json(path: Path) -> dict:
@@ -187,6 +192,14 @@ def num(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def auc_ci(metrics: dict | None) -> str:
+    """``0.812 [0.750, 0.860]``: an AUC with its bootstrap interval (``binary_metrics(..., ci=True)``)."""
+    metrics = metrics or {}
+    interval = metrics.get("auc_ci")
+    text = num(metrics.get("auc"))
+    return f"{text} [{num(interval[0])}, {num(interval[1])}]" if interval else text
 
 
 def millions(value) -> str:

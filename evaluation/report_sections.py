@@ -3,6 +3,7 @@ runs, the evaluations' JSON and the dataset's meta.csv only."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from evaluation.report_runs import (
     EXPLAIN_VIDEOS,
     Run,
     Sources,
+    auc_ci,
     best_val,
     explained_videos,
     figure,
@@ -41,14 +43,16 @@ class Report:
     # 1
     def summary(self) -> str:
         rows = [[r.name, r.config.get("model", {}).get("name", "?"), millions(sizes(r).get("params_true")),
-                 best_val(r).get("auc"), (r.test or {}).get("auc"), (r.test or {}).get(TPR_KEY)]
+                 best_val(r).get("auc"), auc_ci(r.test), (r.test or {}).get(TPR_KEY)]
                 for r in self.runs.values()]
-        text = [table(["run", "model", "parameters", "val AUC", "test AUC", "test TPR@FPR=1e-3"], rows), ""]
+        text = [table(["run", "model", "parameters", "val AUC", "test AUC [95% CI]", "test TPR@FPR=1e-3"], rows), ""]
         generality = self.evals.get("generality")
         if generality:
             for e in generality["experiments"]:
-                text.append(f"- Generality ({e['name']}): AUC on genuine vs the unseen methods "
-                            f"({', '.join(e['held_out'])}) = {num(e['unseen_pooled']['auc'])}.")
+                c = e["categories"]
+                text.append(f"- Generality ({e['name']}), test AUC on unseen identities and voices: seen methods "
+                            f"{auc_ci(c['seen'])}; unseen implementations {auc_ci(c['unseen_method'])}; unseen "
+                            f"families {auc_ci(c['unseen_family'])}.")
         robustness = self.evals.get("robustness")
         if robustness and robustness["conditions"]:
             worst = min((c for c in robustness["conditions"] if c["auc"] is not None), key=lambda c: c["auc"],
@@ -161,12 +165,12 @@ class Report:
 
     # 6
     def results(self) -> str:
-        headers = ["run", "val AUC", "val TPR@1e-3", "test AUC", "test TPR@1e-3", "test EER", "test AP",
+        headers = ["run", "val AUC", "val TPR@1e-3", "test AUC [95% CI]", "test TPR@1e-3", "test EER", "test AP",
                    "test videos", "failed", "with fallbacks"]
         rows = []
         for r in self.runs.values():
             v, t = best_val(r), r.test or {}
-            rows.append([r.name, v.get("auc"), v.get(TPR_KEY), t.get("auc"), t.get(TPR_KEY), t.get("eer"),
+            rows.append([r.name, v.get("auc"), v.get(TPR_KEY), auc_ci(t), t.get(TPR_KEY), t.get("eer"),
                          t.get("ap"), t.get("n"), sum(d["status"] == "failed" for d in r.details),
                          sum(bool(d.get("fallbacks")) for d in r.details)])
         if self.baseline and self.ours and self.baseline.test and self.ours.test:
@@ -189,23 +193,52 @@ class Report:
         result = self.evals.get("generality")
         if not result:
             return missing("generality evaluation", "python -m evaluation generality --demo-dir DEMO_DIR")
-        text = ["Each experiment trains the same config on the training and validation videos without the held-out "
-                "methods (`shards.pack` -> `python -m train` -> `python -m infer`), then scores the full test set. "
-                "Per-method AUC: genuine test videos vs the fakes of that method.", ""]
+        text = ["The protocol: the splits hold disjoint identities and voices, so every test video shows a person and "
+                "a voice that training never saw. Each experiment also trains its config (`shards.pack` -> "
+                "`python -m train` -> `python -m infer`) without the held-out methods and families, then scores the "
+                "full test set: genuine test videos against the fakes of each category, family and method. "
+                "`seen`: methods in training; `unseen_method`: another implementation of a trained family; "
+                "`unseen_family`: a family training never saw. Brackets: 95% stratified bootstrap interval "
+                "(1000 resamples). The last column is the same config trained on every method (the demo's run).", ""]
         for e in result["experiments"]:
-            ref = (e.get("reference") or {}).get("per_method", {})
-            rows = [[m, "seen" if v["seen"] else "**unseen**", v["auc"], v[TPR_KEY], v["n"] - v["n_fake"],
-                     v["n_fake"], ref.get(m, {}).get("auc")] for m, v in e["per_method"].items()]
-            rows.append(["all unseen", "", e["unseen_pooled"]["auc"], e["unseen_pooled"][TPR_KEY],
-                         e["unseen_pooled"]["n"] - e["unseen_pooled"]["n_fake"], e["unseen_pooled"]["n_fake"], ""])
+            ref = e.get("reference") or {}
             overrides = f"; overrides: `{' '.join(e['overrides'])}`" if e.get("overrides") else ""
-            text += [f"**{e['name']}** — trained on {e['train_videos']} train / {e['val_videos']} val videos "
-                     f"(`{Path(e['config']).name}`{overrides}); best val AUC {num(e['val'].get('auc'))}.", "",
-                     table(["method", "in training", "test AUC", "test TPR@1e-3", "genuine", "fakes",
-                            "AUC of the all-methods model"], rows), ""]
+            text += [f"**{e['name']}** — `{Path(e['config']).name}`{overrides}, trained on {e['train_videos']} "
+                     f"train / {e['val_videos']} val videos; held out: {', '.join(e['held_out_names'])}; best val "
+                     f"AUC {num(e['val'].get('auc'))}.", ""]
+            rows = [[c, auc_ci(v), v[TPR_KEY], v["n"] - v["n_fake"], v["n_fake"],
+                     auc_ci(ref.get("categories", {}).get(c))] for c, v in e["categories"].items()]
+            text += [table(["category", "test AUC [95% CI]", "TPR@1e-3", "genuine", "fakes",
+                            "all-methods model"], rows), ""]
+            rows = [[f, v["status"], auc_ci(v), v[TPR_KEY], v["n_fake"], auc_ci(ref.get("per_family", {}).get(f))]
+                    for f, v in e["per_family"].items()]
+            text += [table(["family", "in training", "test AUC [95% CI]", "TPR@1e-3", "fakes", "all-methods model"],
+                           rows), ""]
+            rows = [[m, v["family"], v["status"], auc_ci(v), v[TPR_KEY], v["n_fake"],
+                     auc_ci(ref.get("per_method", {}).get(m))] for m, v in e["per_method"].items()]
+            text += [table(["method", "family", "in training", "test AUC [95% CI]", "TPR@1e-3", "fakes",
+                            "all-methods model"], rows), ""]
+        text.append(_tpr_resolution(result["experiments"]))
         path = plots.plot_generality(result, self.figures / "generality.png")
-        text.append(figure(path, self.out, "Per-method test AUC with methods held out from training"))
+        text += [figure(path, self.out, "Per-method test AUC with methods held out from training"), "",
+                 self._sync()]
         return "\n".join(text)
+
+    def _sync(self) -> str:
+        """The self-supervised synchrony check (``python -m evaluation sync``), when it was run."""
+        path = self.src.eval_dir / "sync.json"
+        if not path.is_file():
+            return ("_Synchrony check: not run. `python -m evaluation sync --demo-dir DEMO_DIR --checkpoint "
+                    "DEMO_DIR/eval/generality/<experiment>/run/best` scores a model trained without offset fakes._")
+        result = json.loads(path.read_text())
+        rows = [[f"{r['shift_ms']} ms", auc_ci(r), r["n_aligned"], r["n_shifted"]] for r in result["shifts"]]
+        figure_path = plots.plot_sync(result, self.figures / "sync.png")
+        return "\n".join([
+            f"**Synchrony check** (`python -m evaluation sync`, checkpoint `{result['checkpoint']}`): the genuine "
+            "test videos with their audio moved earlier and later by each shift, against the same videos in sync, "
+            "scored by the model's synchrony evidence alone. No fake and no label is involved.", "",
+            table(["audio shift", "AUC [95% CI]", "clips in sync", "shifted clips"], rows), "",
+            figure(figure_path, self.out, "AUC of the synchrony score against the audio shift")])
 
     # 8
     def robustness(self) -> str:
@@ -219,14 +252,14 @@ class Report:
         names = list(dict.fromkeys(c["perturbation"] for c in result["conditions"]))
         by = {(c["perturbation"], c["level"]): c for c in result["conditions"]}
         rows = [[name, next(c["kind"] for c in result["conditions"] if c["perturbation"] == name),
-                 *[f"{num(by[name, lv]['auc'])} ({by[name, lv]['value']:g})" if (name, lv) in by else "" for lv in levels]]
+                 *[f"{auc_ci(by[name, lv])} ({by[name, lv]['value']:g})" if (name, lv) in by else "" for lv in levels]]
                 for name in names]
         text = [f"Model `{result['model']}` on {result['videos']} test videos ({result['extracted']} extracted; "
                 f"failures score {NEUTRAL_SCORE}). Each video is extracted once with the inference code, then every condition "
                 "perturbs the face clip (video) or the 16 kHz audio track deterministically (seed "
                 f"{result['seed']}, one random stream per video and condition) and re-scores it with "
                 "`Predictor.score`.", "",
-                f"Clean: AUC {num(clean['auc'])}, TPR@FPR=1e-3 {num(clean[TPR_KEY])}.", "",
+                f"Clean: AUC {auc_ci(clean)}, TPR@FPR=1e-3 {num(clean[TPR_KEY])}.", "",
                 table(["perturbation", "kind", *[f"level {lv} AUC (parameter)" for lv in levels]], rows), ""]
         path = plots.plot_robustness(result, self.figures / "robustness.png")
         text.append(figure(path, self.out, "Test AUC per perturbation and level (dashed: clean)"))
@@ -242,10 +275,10 @@ class Report:
                 "should find FakeVideo-*, an audio head *-FakeAudio.", ""]
         for model, analysis in result["models"].items():
             groups = [*FAKE_CATEGORIES, "all"]
-            rows = [[head, *[tables["by_category"].get(g, {}).get("auc") for g in groups]]
+            rows = [[head, *[auc_ci(tables["by_category"].get(g)) for g in groups]]
                     for head, tables in analysis["heads"].items()]
             methods = [m for m in next(iter(analysis["heads"].values()))["by_method"] if m != "all"]
-            method_rows = [[head, *[tables["by_method"].get(m, {}).get("auc") for m in methods]]
+            method_rows = [[head, *[auc_ci(tables["by_method"].get(m)) for m in methods]]
                            for head, tables in analysis["heads"].items()]
             text += [f"**{model}**", "", table(["head", *groups], rows), "", table(["head", *methods], method_rows), ""]
         path = plots.plot_modality(result, self.figures / "modality.png")
@@ -380,6 +413,17 @@ class Report:
         return "\n".join(["```bash", f"make demo DEMO_DIR={root}", f"make report DEMO_DIR={root}",
                           "# or one evaluation at a time:",
                           *[f"python -m evaluation {n} --demo-dir {root}" for n in EVALUATIONS], "```"])
+
+
+def _tpr_resolution(experiments: list[dict]) -> str:
+    """Whether TPR@FPR=1e-3 is a measurement: it needs at least 1000 genuine test videos (one false positive)."""
+    genuine = min((e["all"]["n"] - e["all"]["n_fake"] for e in experiments if e.get("all")), default=0)
+    if genuine >= 1000:
+        return f"_TPR@FPR=1e-3 is measured: {genuine} genuine test videos, FPR steps of {1 / genuine:.1e}._"
+    step = f"1/{genuine} = {1 / genuine:.1e}" if genuine else "undefined"
+    return (f"_TPR@FPR=1e-3 is not a measurement here: with {genuine} genuine test videos the smallest FPR step is "
+            f"{step}, so the value is interpolated inside the first step (it says how many fakes score above every "
+            "genuine video, no more). The large protocol run (README) has more genuine test videos._")
 
 
 def _flag_summary(result: dict) -> str:

@@ -82,7 +82,7 @@ def head_metrics(labels: list[int], scores: list[dict]) -> dict[str, dict]:
     for head, column in HEADS.items():
         values = [s.get(column) for s in scores]
         if all(v is not None for v in values):
-            out[head] = binary_metrics(labels, values)
+            out[head] = binary_metrics(labels, values, ci=True)
     return out
 
 
@@ -109,7 +109,7 @@ def run_robustness(predictor, data: ExtractedSet, conditions: list[tuple[str, in
         fused = metrics["fused"]
         rows.append({
             "perturbation": name, "kind": "audio" if name in AUDIO_PERTURBATIONS else "video", "level": level,
-            "value": value, "auc": fused["auc"], TPR_KEY: fused[TPR_KEY],
+            "value": value, "auc": fused["auc"], "auc_ci": fused["auc_ci"], TPR_KEY: fused[TPR_KEY],
             "auc_drop": _difference(clean["fused"]["auc"], fused["auc"]),
             "heads": {h: m["auc"] for h, m in metrics.items()},
         })

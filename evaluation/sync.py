@@ -76,8 +76,8 @@ def run_sync(predictor: Predictor, videos: list[Path], shifts_ms: list[int], wor
         names = sorted(aligned)
         labels = [0] * len(names) + [1] * sum(len(m) for m in moved.values())
         scores = [-aligned[n] for n in names] + [-v for sign in (-1, 1) for v in moved[sign].values()]
-        metrics = binary_metrics(labels, scores)
-        result["shifts"].append({"shift_ms": shift, "auc": metrics["auc"], "n_aligned": len(names),
+        metrics = binary_metrics(labels, scores, ci=True)
+        result["shifts"].append({"shift_ms": shift, "auc": metrics["auc"], "auc_ci": metrics["auc_ci"], "n_aligned": len(names),
                                  "n_shifted": len(labels) - len(names),
                                  "mean_sync_earlier": float(np.mean(list(moved[-1].values()))),
                                  "mean_sync_later": float(np.mean(list(moved[1].values())))})

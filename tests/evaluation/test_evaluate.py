@@ -15,9 +15,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from competition import REAL_CATEGORY, TPR_KEY
-from evaluation.common import binary_metrics, group_metrics, read_csv_rows, read_meta
+from evaluation.common import binary_metrics, group_metrics, rank_auc, read_csv_rows, read_meta
+from evaluation.generality import method_status, resolve_holdout
 from evaluation.shortcuts import FEATURES, media_features, shortcut_audit
 from tests.evaluation.evaluation_demo import GENERALITY_ARGS, ROBUSTNESS_ARGS, SPEED_ARGS, build_demo
 
@@ -125,7 +127,38 @@ def test_group_metrics_score_genuine_against_each_group():
     assert by_category["RealVideo-FakeAudio"]["auc"] == 1.0 and by_category["FakeVideo-RealAudio"]["auc"] == 0.0
     assert by_category["RealVideo-FakeAudio"]["n"] == 5 and by_category["all"]["n_fake"] == 4
     assert group_metrics(meta, scores, "visual_score", "method") == {"all": {"n": 0, "n_fake": 0, "auc": None,
-                                                                                TPR_KEY: None}}
+                                                                                TPR_KEY: None, "auc_ci": None}}
+
+
+def test_bootstrap_interval_brackets_the_auc_and_narrows_with_more_videos():
+    rng = np.random.default_rng(0)
+    fake, real = rng.normal(1.0, 1.0, (3, 40)).round(1), rng.normal(0.0, 1.0, (3, 60)).round(1)  # with ties
+    for f, r in zip(fake, real, strict=True):
+        assert rank_auc(f, r) == pytest.approx(roc_auc_score([1] * f.size + [0] * r.size, np.r_[f, r]))
+    widths = []
+    for n in (30, 300):
+        labels = np.r_[np.zeros(n), np.ones(n)].astype(int)
+        scores = np.r_[rng.normal(0, 1, n), rng.normal(1, 1, n)]
+        m = binary_metrics(labels, scores, ci=True)
+        low, high = m["auc_ci"]
+        assert low < m["auc"] < high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # about 1/sqrt(10) as wide
+
+
+def test_holdout_names_expand_families_and_classify_methods():
+    rows = [("real", "real"), ("face_swap", "swap_a"), ("face_swap", "swap_b"), ("av_offset", "offset_a"),
+            ("av_offset", "offset_b"), ("tts", "tts_a")]
+    meta = [{"video_name": f"v{i}", "split": "test", "target": str(int(f != "real")), "family": f, "method": m}
+            for i, (f, m) in enumerate(rows)]
+    held = resolve_holdout(meta, ["av_offset", "swap_b"])
+    assert held == ["offset_a", "offset_b", "swap_b"]
+    assert method_status(meta, held) == {"swap_a": "seen", "swap_b": "unseen_method", "offset_a": "unseen_family",
+                                         "offset_b": "unseen_family", "tts_a": "seen"}
+    with pytest.raises(ValueError, match="neither fake methods nor families"):
+        resolve_holdout(meta, ["lip_sync"])
+    with pytest.raises(ValueError, match="leaves no fakes"):
+        resolve_holdout(meta, ["face_swap", "av_offset", "tts"])
 
 
 # --- the real pipeline on the session's tiny data ----------------------------------------------------------------
@@ -174,26 +207,33 @@ def test_robustness_table_and_plot(demo):
     assert (demo / "eval" / "robustness.png").stat().st_size > 0
 
 
-def test_generality_holds_methods_out_of_training(demo):
+def test_generality_holds_methods_and_families_out_of_training(demo):
     evaluate("generality", "--demo-dir", demo, "--workers", 2, *GENERALITY_ARGS)
     result = json.loads((demo / "eval" / "generality.json").read_text())
     (experiment,) = result["experiments"]
     meta = read_meta(demo / "data")
-    assert experiment["held_out"] == ["lip_sync_dub"]
-    assert experiment["train_videos"] == sum(r["split"] == "train" and r["method"] != "lip_sync_dub" for r in meta)
-    work = demo / "eval" / "generality" / "holdout-lip_sync_dub"
+    offsets = sorted({r["method"] for r in meta if r["family"] == "av_offset"})
+    held_out = set(offsets) | {"lip_sync_viseme"}
+    assert len(offsets) >= 2 and experiment["held_out"] == sorted(held_out)
+    assert experiment["train_videos"] == sum(r["split"] == "train" and r["method"] not in held_out for r in meta)
+    work = demo / "eval" / "generality" / "tiny-holdout-av_offset+lip_sync_viseme"
     trained_on = {p.name for p in (work / "data" / "train").iterdir()}
-    assert not trained_on & {r["video_name"] for r in meta if r["method"] == "lip_sync_dub"}
-    test_methods = {r["method"] for r in meta if r["split"] == "test" and r["target"] == "1"}
-    assert set(experiment["per_method"]) == test_methods
-    lip_sync_test = sum(r["split"] == "test" and r["method"] == "lip_sync_dub" for r in meta)
-    assert lip_sync_test > 0 and experiment["per_method"]["lip_sync_dub"]["n_fake"] == lip_sync_test
-    for method, m in experiment["per_method"].items():
-        assert m["seen"] == (method != "lip_sync_dub")
-        assert m["auc"] is None or 0.0 <= m["auc"] <= 1.0
-    assert experiment["unseen_pooled"]["n_fake"] == sum(r["split"] == "test" and r["method"] == "lip_sync_dub"
-                                                        for r in meta)
-    assert set(experiment["reference"]["per_method"]) == test_methods | {"all"}
+    assert not trained_on & {r["video_name"] for r in meta if r["method"] in held_out}
+    test_fakes = [r for r in meta if r["split"] == "test" and r["target"] == "1"]
+    assert set(experiment["per_method"]) == {r["method"] for r in test_fakes}
+    expected = {m: "unseen_family" if m in offsets else "unseen_method" if m == "lip_sync_viseme" else "seen"
+                for m in experiment["per_method"]}
+    assert {m: v["status"] for m, v in experiment["per_method"].items()} == expected
+    assert experiment["per_family"]["av_offset"]["status"] == "unseen_family"
+    assert experiment["per_family"]["lip_sync"]["status"] == "partly_seen"
+    for category, metrics in experiment["categories"].items():
+        assert metrics["n_fake"] == sum(expected[r["method"]] == category for r in test_fakes), category
+    for m in [*experiment["per_method"].values(), *experiment["categories"].values()]:
+        if m["auc"] is not None:
+            low, high = m["auc_ci"]
+            assert 0.0 <= low <= m["auc"] <= high <= 1.0
+    assert set(experiment["reference"]["per_method"]) == {r["method"] for r in test_fakes}
+    assert experiment["reference"]["categories"].keys() == experiment["categories"].keys()
     assert (work / "run" / "best" / "model.safetensors").is_file()
     assert (demo / "eval" / "generality.png").stat().st_size > 0
 

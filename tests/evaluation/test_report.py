@@ -78,8 +78,17 @@ def test_numbers_come_from_the_runs_and_evaluations(report, demo):
         scores = {r["video_name"]: float(r["score"]) for r in read_csv_rows(demo / "submissions" / f"{name}.csv")}
         auc = binary_metrics([labels[n] for n in sorted(labels)], [scores[n] for n in sorted(labels)])["auc"]
         row = next(line for line in summary.splitlines() if line.startswith(f"| {name} |"))
-        assert f"| {auc:.3f} |" in row
+        assert f"| {auc:.3f} [" in row  # the test AUC with its bootstrap interval
     import json
+
+    generality = json.loads((demo / "eval" / "generality.json").read_text())
+    (experiment,) = generality["experiments"]
+    section = sections(markdown)["7. Generality to unseen identities, voices and methods"]
+    for category, m in experiment["categories"].items():
+        if m["auc"] is not None:
+            low, high = m["auc_ci"]
+            assert f"| {category} | {m['auc']:.3f} [{low:.3f}, {high:.3f}] |" in section
+    assert "is not a measurement here" in section  # 12 genuine test videos cannot resolve FPR=1e-3
 
     robustness = json.loads((demo / "eval" / "robustness.json").read_text())
     assert f"Clean: AUC {robustness['clean']['fused']['auc']:.3f}" in markdown
