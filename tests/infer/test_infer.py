@@ -110,7 +110,10 @@ def test_bad_inputs_get_one_row_each_and_the_right_flags(bad_folder, tiny_run, t
             assert row["score"] == "0.500000" and failures[name].startswith(flag), (name, failures.get(name))
         else:
             assert 0.0 <= float(row["score"]) <= 1.0
-            assert row["fallbacks"].split(";") == (flag or [""]), (name, row)
+            got = row["fallbacks"].split(";")
+            # the expected flags, and for a cut-off file also what its shorter stream implies at inference's
+            # clip options (repeated_frames, decode_errors); a clean file has none
+            assert set(flag) <= set(got) if flag else got == [""], (name, row)
     assert set(failures) == {n for n, (s, _) in expected.items() if s == "failed"}
 
 
