@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import rankdata
 
-from competition import TPR_KEY, compute_metrics
+from competition import TEST, TPR_KEY, compute_metrics, label_file
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_METHOD = "real"
@@ -266,6 +266,24 @@ def add_common_arguments(parser, demo_required: bool = True) -> None:
     parser.add_argument("--demo-dir", type=Path, required=demo_required, help="the `make demo` output folder")
     parser.add_argument("--out", type=Path, help="output JSON (default: DEMO_DIR/eval/<command>.json)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="extraction/packing processes")
+
+
+def add_model_arguments(parser, videos: str = "test videos") -> None:
+    """The options of an evaluation that scores one trained model on test videos (robustness, sync)."""
+    parser.add_argument("--model", default="tiny", help="run name under DEMO_DIR/runs")
+    parser.add_argument("--checkpoint", type=Path, help="default DEMO_DIR/runs/MODEL/best")
+    parser.add_argument("--videos", type=Path, help="default DEMO_DIR/data/test")
+    parser.add_argument("--labels", type=Path, help="default DEMO_DIR/data/test_labels.csv")
+    parser.add_argument("--max-videos", type=int, default=0, help=f"first N {videos} only (0: all)")
+    parser.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="torch threads for scoring")
+    parser.add_argument("--device", default="cpu")
+
+
+def model_inputs(args) -> tuple[Path, Path, Path]:
+    """(checkpoint, videos folder, labels file) of ``add_model_arguments``' options, defaults from the demo layout."""
+    layout = DemoLayout(args.demo_dir)
+    return (args.checkpoint or layout.run(args.model) / "best", args.videos or layout.data / TEST,
+            args.labels or label_file(layout.data, TEST))
 
 
 def fmt(value) -> str:

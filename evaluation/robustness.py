@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 import zlib
@@ -15,15 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from competition import TEST, TPR_KEY, find_videos, label_file, read_labels
+from competition import TPR_KEY, find_videos, read_labels
 from evaluation.common import (
     HEADS,
     DemoLayout,
     add_common_arguments,
+    add_model_arguments,
     binary_metrics,
     csv_list,
     fmt,
     int_list,
+    model_inputs,
     write_json,
     write_table,
 )
@@ -136,11 +137,9 @@ def robustness_rows(result: dict) -> list[dict]:
 def command(args: argparse.Namespace) -> int:
     import torch
 
-    layout = DemoLayout(args.demo_dir)
-    checkpoint = args.checkpoint or layout.run(args.model) / "best"
-    videos_dir = args.videos or layout.data / "test"
-    labels = read_labels(args.labels or label_file(layout.data, TEST))
-    out = args.out or layout.eval / "robustness.json"
+    checkpoint, videos_dir, labels_file = model_inputs(args)
+    labels = read_labels(labels_file)
+    out = args.out or DemoLayout(args.demo_dir).eval / "robustness.json"
     chosen = [c for c in conditions() if (not args.perturbations or c[0] in args.perturbations)
               and (not args.levels or c[1] in args.levels)]
     unknown = sorted(set(args.perturbations or []) - {c[0] for c in conditions()})
@@ -171,15 +170,9 @@ def command(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("robustness", help="AUC under video and audio perturbations")
     add_common_arguments(p)
-    p.add_argument("--model", default="tiny", help="run name under DEMO_DIR/runs")
-    p.add_argument("--checkpoint", type=Path, help="default DEMO_DIR/runs/MODEL/best")
-    p.add_argument("--videos", type=Path, help="default DEMO_DIR/data/test")
-    p.add_argument("--labels", type=Path, help="default DEMO_DIR/data/test_labels.csv")
+    add_model_arguments(p)
     p.add_argument("--perturbations", type=csv_list, help="subset of perturbation names (default all)")
     p.add_argument("--levels", type=int_list, help="subset of levels 1..5 (default all)")
-    p.add_argument("--max-videos", type=int, default=0, help="first N test videos only (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="torch threads for scoring")
-    p.add_argument("--device", default="cpu")
     p.set_defaults(func=command)

@@ -14,19 +14,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from competition import TEST, find_videos, label_file, read_labels
+from competition import find_videos, read_labels
 from evaluation.common import (
     DemoLayout,
     add_common_arguments,
+    add_model_arguments,
     binary_metrics,
     fmt,
     int_list,
+    model_inputs,
     write_json,
     write_table,
 )
@@ -89,17 +90,15 @@ def run_sync(predictor: Predictor, videos: list[Path], shifts_ms: list[int], wor
 
 # --- python -m evaluation sync -----------------------------------------------------------------------------------
 def command(args: argparse.Namespace) -> int:
-    layout = DemoLayout(args.demo_dir)
-    checkpoint = args.checkpoint or layout.run(args.model) / "best"
-    videos_dir = args.videos or layout.data / TEST
-    labels = read_labels(args.labels or label_file(layout.data, TEST))
-    out = args.out or layout.eval / "sync.json"
+    checkpoint, videos_dir, labels_file = model_inputs(args)
+    labels = read_labels(labels_file)
+    out = args.out or DemoLayout(args.demo_dir).eval / "sync.json"
     make_deterministic(0)
     torch.set_num_threads(args.threads)
     predictor = Predictor(checkpoint, device=args.device)
     videos = [v for v in find_videos(videos_dir) if labels.get(v.name) == 0][: args.max_videos or None]
     if not videos:
-        raise ValueError(f"no genuine video in {videos_dir} (labels {args.labels or label_file(layout.data, TEST)})")
+        raise ValueError(f"no genuine video in {videos_dir} (labels {labels_file})")
     result = run_sync(predictor, videos, args.shifts, args.workers)
     result.update({"checkpoint": str(checkpoint), "model": args.model, "videos_dir": str(videos_dir)})
     write_json(out, result)
@@ -112,12 +111,6 @@ def command(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("sync", help="AUC of the synchrony score against audio shifted by N ms (genuine videos)")
     add_common_arguments(p)
-    p.add_argument("--model", default="tiny", help="run name under DEMO_DIR/runs")
-    p.add_argument("--checkpoint", type=Path, help="default DEMO_DIR/runs/MODEL/best")
-    p.add_argument("--videos", type=Path, help="default DEMO_DIR/data/test")
-    p.add_argument("--labels", type=Path, help="default DEMO_DIR/data/test_labels.csv (its genuine videos)")
+    add_model_arguments(p, videos="genuine test videos")
     p.add_argument("--shifts", type=int_list, default=DEFAULT_SHIFTS_MS, help="shift magnitudes in ms")
-    p.add_argument("--max-videos", type=int, default=0, help="first N genuine videos only (0: all)")
-    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="torch threads for scoring")
-    p.add_argument("--device", default="cpu")
     p.set_defaults(func=command)

@@ -238,6 +238,20 @@ def test_generality_holds_methods_and_families_out_of_training(demo):
     assert (demo / "eval" / "generality.png").stat().st_size > 0
 
 
+def test_sync_check_scores_shifted_audio_against_the_same_clips_in_sync(demo):
+    evaluate("sync", "--demo-dir", demo, "--workers", 2, "--max-videos", 4, "--shifts", "80,400")
+    result = json.loads((demo / "eval" / "sync.json").read_text())
+    assert result["videos"] == 4 and result["checkpoint"].endswith("tiny/best")
+    assert [r["shift_ms"] for r in result["shifts"]] == [80, 400]
+    for r in result["shifts"]:
+        assert r["n_aligned"] == result["scored"] and r["n_shifted"] == 2 * result["scored"]  # earlier and later
+        low, high = r["auc_ci"]
+        assert 0.0 <= low <= r["auc"] <= high <= 1.0
+    assert (demo / "eval" / "sync.png").stat().st_size > 0
+    evaluate("sync", "--demo-dir", demo, "--videos", demo / "data" / "train", "--labels", demo / "data" / "test_labels.csv",
+             expect=1)  # no genuine video of those labels in that folder: a message, no empty table
+
+
 def test_speed_table_names_the_machine(demo):
     evaluate("speed", "--demo-dir", demo, "--workers", 2, *SPEED_ARGS)
     result = json.loads((demo / "eval" / "speed.json").read_text())
