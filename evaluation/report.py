@@ -54,8 +54,6 @@ def _default_eval_args(name: str, src: Sources) -> list[str]:
         return ["--models", ",".join(with_details)] if with_details else []
     if name in ("robustness", "speed") and src.ours:
         return ["--model", src.ours]
-    if name == "generality":
-        return ["--reference", src.ours or ""]
     return []
 
 

@@ -105,6 +105,18 @@ def test_run_folders_and_cached_evaluations(demo, tmp_path):
     assert "| tiny |" in results and "| baseline |" not in results
 
 
+def test_the_arguments_make_report_adds_are_accepted(demo):
+    """make_report runs a missing evaluation with arguments of its own: python -m evaluation must accept them
+    (the tests above find most evaluations cached, so they would not notice)."""
+    from evaluation.__main__ import parse_args
+    from evaluation.report import _default_eval_args
+    from evaluation.report_runs import EVALUATIONS, resolve_sources
+
+    src = resolve_sources([demo])
+    for name in EVALUATIONS:
+        parse_args([name, "--demo-dir", str(demo), *map(str, _default_eval_args(name, src))])
+
+
 def test_refuses_a_folder_without_runs(tmp_path):
     result = make_report("--runs", tmp_path, "--out", tmp_path / "report", expect=1)
     assert "make demo" in result.stderr
