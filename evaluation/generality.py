@@ -98,7 +98,8 @@ def method_status(meta: list[dict], held_out: list[str]) -> dict[str, str]:
 def protocol_metrics(meta: list[dict], scores: dict, held_out: list[str]) -> dict:
     """Test metrics (with bootstrap intervals) per method, per family and per category of ``method_status``."""
     status = method_status(meta, held_out)
-    family_of = {m: f for f, methods in family_methods(meta).items() for m in methods}
+    families = family_methods(meta)
+    family_of = {m: f for f, methods in families.items() for m in methods}
     per_method = group_metrics(meta, scores, "score", "method")
     per_family = group_metrics(meta, scores, "score", "family")
     categories = {c: _pooled(meta, scores, {m for m, s in status.items() if s == c}) for c in CATEGORIES}
@@ -106,7 +107,7 @@ def protocol_metrics(meta: list[dict], scores: dict, held_out: list[str]) -> dic
         "per_method": {m: {**v, "status": status[m], "family": family_of[m]}
                        for m, v in per_method.items() if m != "all"},
         "per_family": {f: {**v, "status": _family_status(methods, status)}
-                       for f, methods in family_methods(meta).items() if (v := per_family.get(f))},
+                       for f, methods in families.items() if (v := per_family.get(f))},
         "categories": categories,
         "all": per_method.get("all"),
     }

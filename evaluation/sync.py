@@ -33,7 +33,6 @@ from evaluation.common import (
 )
 from evaluation.plots import plot_sync
 from infer.predict import Predictor, make_deterministic
-from models.batch import collate, prepare, to_device
 from shards.pool import extracted
 
 DEFAULT_SHIFTS_MS = [40, 80, 120, 200, 400]
@@ -48,13 +47,10 @@ def sync_scores(predictor: Predictor, videos: list[Path], shift_ms: float, worke
     pending: list[tuple[str, dict]] = []
 
     def flush() -> None:
-        batch = to_device(collate([prepare(s, predictor.spec.data) for _, s in pending]), predictor.device)
-        with torch.no_grad():
-            out = predictor.model(batch)
-        if "sync_score" not in out:
+        rows = predictor.score([s for _, s in pending])
+        if "sync_score" not in rows[0]:
             raise ValueError(f"model {predictor.spec.model.name!r} has no synchrony score")
-        values = out["sync_score"].float().cpu().tolist()
-        scores.update({name: v for (name, _), v in zip(pending, values, strict=True)})
+        scores.update({name: row["sync_score"] for (name, _), row in zip(pending, rows, strict=True)})
         pending.clear()
 
     for name, sample, _ in extracted(videos, options, workers):

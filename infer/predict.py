@@ -78,6 +78,8 @@ class Predictor:
             for head in ("audio", "visual"):
                 key = f"{head}_logit"
                 row[f"{head}_score"] = _mean_sigmoid(outputs, key, i) if key in outputs[0] else None
+            if "sync_score" in outputs[0]:  # lip/audio synchrony evidence (av_transformer), of the unmirrored clip
+                row["sync_score"] = float(outputs[0]["sync_score"][i].float())
             result.append(row)
         return result
 
