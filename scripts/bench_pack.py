@@ -183,12 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("configs/base.yaml"),
                         help="the training config whose clips are extracted (its data section)")
     parser.add_argument("--detect-stride", type=int, default=ExtractOptions().detect_stride)
+    parser.add_argument("--no-follow", dest="follow", action="store_false",
+                        help="detect every --detect-stride-th frame instead of once per window (shards.pack)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     videos = sorted(p for p in args.videos.iterdir() if p.suffix.lower() in VIDEO_EXTENSIONS)[: args.limit]
     if not videos:
         parser.error(f"no videos in {args.videos}")
-    options = dataclasses.replace(load_config(args.config).data.extract_options(), detect_stride=args.detect_stride)
+    options = dataclasses.replace(load_config(args.config).data.extract_options(), detect_stride=args.detect_stride,
+                                  follow=args.follow)
     workers = max(1, args.workers)
     decode = run_decode(videos, options, workers, audio=False)
     decode_audio = run_decode(videos, options, workers, audio=True)

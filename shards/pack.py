@@ -338,8 +338,12 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
                    help="mouth crop side as a fraction of the face box's width")
     p.add_argument("--max-clip-seconds", type=float, default=defaults.max_clip_seconds)
     p.add_argument("--jpeg-quality", type=int, default=defaults.jpeg_quality)
+    p.add_argument("--no-follow", dest="follow", action="store_false",
+                   help="detect faces on every --detect-stride-th frame instead of once per window with the face "
+                        "followed to the window's ends")
     p.add_argument("--detect-stride", type=int, default=defaults.detect_stride,
-                   help="run the face detector on every k-th frame (others where boxes disagree)")
+                   help="without following (or where it fails), run the face detector on every k-th frame (others "
+                        "where boxes disagree)")
     p.add_argument("--max-frame-side", type=int, default=defaults.max_frame_side,
                    help="downscale larger frames while decoding (bounds memory)")
     size = p.add_mutually_exclusive_group()
@@ -382,7 +386,7 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
         extract = ExtractOptions(windows=a.windows, window_frames=a.window_frames, fps=a.fps, size=a.size,
                                  mouth_size=a.mouth_size, margin=a.margin, mouth_scale=a.mouth_scale,
                                  max_clip_seconds=a.max_clip_seconds, jpeg_quality=a.jpeg_quality,
-                                 detect_stride=a.detect_stride, max_frame_side=a.max_frame_side)
+                                 follow=a.follow, detect_stride=a.detect_stride, max_frame_side=a.max_frame_side)
     except ValueError as error:
         p.error(str(error))
     return PackConfig(videos=a.videos, out=a.out, labels=a.labels, extract=extract, shard_max_count=a.shard_max_count,

@@ -1,0 +1,103 @@
+"""Faces: following a face between frames, detecting once per window, square crops."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+
+from shards.extract import ExtractOptions, detect_faces
+from shards.faces import Face, FaceDetector, crop_square, follow_face, iou, reference_image
+
+
+def shifted(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(image, matrix, (image.shape[1], image.shape[0]), borderMode=cv2.BORDER_REFLECT)
+
+
+@pytest.fixture(scope="module")
+def portrait() -> tuple[np.ndarray, Face]:
+    image = cv2.resize(reference_image(), (480, 600))
+    detector = FaceDetector()
+    try:
+        return image, detector.detect(image)[0]
+    finally:
+        detector.close()
+
+
+@pytest.mark.parametrize("dx, dy", [(0, 0), (6, -3), (-15, 9)])
+def test_follow_face_recovers_the_translation(portrait, dx, dy):
+    image, face = portrait
+    moved = follow_face(image, shifted(image, dx, dy), face)
+    assert moved is not None
+    assert abs(moved.x0 - face.x0 - dx) < 1.0 and abs(moved.y1 - face.y1 - dy) < 1.0
+    assert abs(moved.keypoints[3][0] - face.keypoints[3][0] - dx) < 1.0
+
+
+def test_follow_face_gives_up_rather_than_guess(portrait):
+    image, face = portrait
+    width = face.x1 - face.x0
+    assert follow_face(image, shifted(image, 0.5 * width, 0), face) is None  # beyond FOLLOW_MAX_SHIFT
+    noise = np.random.default_rng(0).integers(0, 256, image.shape, dtype=np.uint8)
+    assert follow_face(image, noise, face) is None  # nothing like the face there (a cut, an occlusion)
+
+
+class CountingDetector:
+    def __init__(self, detector: FaceDetector):
+        self.detector, self.calls = detector, 0
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        self.calls += 1
+        return self.detector.detect(rgb)
+
+
+def test_one_detection_per_window_when_the_face_can_be_followed(portrait):
+    """A head drifting 1 px per frame: following costs one detection per window and lands where detecting
+    every frame does; without following, every detect_stride-th frame is detected."""
+    image, _ = portrait
+    frames = [shifted(image, t, 0.5 * t) for t in range(16)]
+    options = ExtractOptions(windows=2, window_frames=8, detect_side=640)
+    detector = CountingDetector(FaceDetector())
+    try:
+        followed = detect_faces(frames, detector, options)
+        assert detector.calls == 2
+        detector.calls = 0
+        every = detect_faces(frames, detector, dataclasses.replace(options, follow=False, detect_stride=1))
+        assert detector.calls == 16
+        detector.calls = 0
+        detect_faces(frames, detector, dataclasses.replace(options, follow=False))
+        assert detector.calls == 6  # frames 0, 4, 7 of each window
+    finally:
+        detector.detector.close()
+    assert all(len(f) == 1 for f in followed)
+    assert min(iou(a[0], b[0]) for a, b in zip(followed, every, strict=True)) > 0.9
+
+
+def test_one_detection_per_window_falls_back_to_detecting(portrait):
+    """A cut inside a window (the face is gone at its end): following gives up and the frames are detected."""
+    image, _ = portrait
+    blank = np.zeros_like(image)
+    frames = [image] * 6 + [blank] * 2
+    detector = CountingDetector(FaceDetector())
+    try:
+        found = detect_faces(frames, detector, ExtractOptions(windows=1, window_frames=8))
+    finally:
+        detector.detector.close()
+    assert detector.calls > 1
+    assert [len(f) for f in found] == [1] * 6 + [0] * 2
+
+
+def test_crop_square_pads_and_matches_area_resampling(portrait):
+    image, face = portrait
+    x0, y0 = int(face.x0), int(face.y0)
+    side = int(face.x1 - face.x0)
+    inside = (x0, y0, x0 + side, y0 + side)
+    for size in (64, side // 2 + 7, side + 10):
+        crop = crop_square(image, inside, size)
+        region = image[y0:y0 + side, x0:x0 + side]
+        reference = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA if side > size else cv2.INTER_LINEAR)
+        assert crop.shape == (size, size, 3) and np.abs(crop.astype(float) - reference).mean() < 1.0
+    overhang = crop_square(image, (-side // 2, -side // 2, side // 2, side // 2), 32)
+    assert overhang.shape == (32, 32, 3) and overhang[:12, :12].max() == 0  # outside the frame: black
