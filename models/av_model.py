@@ -8,9 +8,11 @@ A clip is W windows of K consecutive frames (``models.batch``). Three streams ma
                           4 hops pooled to one video frame--> temporal convolution --> audio tokens   [B,T,d]
 
 and a fusion transformer reads [CLS] + face + lip + audio tokens (each with its frame's position in the window,
-its window and its modality). It runs three views in one batched pass that differ only in the key padding mask:
-audio + visual (-> ``logit``), audio only (-> ``audio_logit``) and visual only (face + lips, -> ``visual_logit``).
-A missing modality (no face / no audio / frames cut by a temporal crop) is masked out, never zero-filled.
+its window and its modality), plus, with ``model.clip_audio_tokens`` N > 0, N tokens of the whole clip's voice
+(``layers.ClipVoiceEncoder``: utterance-level vocoder and conversion artefacts; they join the audio views). It
+runs three views in one batched pass that differ only in the key padding mask: audio + visual (-> ``logit``),
+audio only (-> ``audio_logit``) and visual only (face + lips, -> ``visual_logit``). A missing modality (no face /
+no audio / frames cut by a temporal crop) is masked out, never zero-filled.
 
 Synchrony: the lip and audio tokens are projected (``sync_dim``) and compared frame by frame within each window
 (S[k, j] = cosine of lip frame k and audio frame j over ``sync_temperature``). On genuine clips two losses make
@@ -32,6 +34,7 @@ from torch import nn
 from models.config import ModelSpec
 from models.layers import (
     AudioFrontEnd,
+    ClipVoiceEncoder,
     FusionBlock,
     LogMel,
     TemporalConv,
@@ -99,14 +102,19 @@ class AVTransformer(nn.Module):
                                  m.grad_checkpointing)
         self.mouth = FrameEncoder(m.mouth_backbone, m.mouth_pretrained, m.drop_path, data.mouth_size, d,
                                   m.grad_checkpointing)
-        self.lip_motion = TemporalConv(d, m.temporal_kernel, m.temporal_layers)
+        self.lip_motion = TemporalConv(d, m.temporal_kernel, m.temporal_layers, m.temporal_padding)
         self.logmel = LogMel(m.n_mels, m.n_fft, m.hop_length, center=False)
         self.mel_per_frame = self.samples_per_frame // m.hop_length
         if self.mel_per_frame * m.hop_length != self.samples_per_frame:
             raise ValueError(f"model.hop_length {m.hop_length} must divide the {self.samples_per_frame} audio "
                              f"samples of a frame at data.fps={data.fps}")
         self.voice = AudioFrontEnd(m.n_mels, m.audio_channels, d)
-        self.voice_motion = TemporalConv(d, m.temporal_kernel, m.temporal_layers)
+        self.voice_motion = TemporalConv(d, m.temporal_kernel, m.temporal_layers, m.temporal_padding)
+        self.clip_voice = None
+        if m.clip_audio_tokens:
+            self.clip_voice = ClipVoiceEncoder(m.n_mels, m.n_fft, m.hop_length, m.clip_audio_channels, d,
+                                               m.clip_audio_tokens)
+            self.clip_voice_embed = nn.Parameter(torch.zeros(1, m.clip_audio_tokens, d))  # its span and modality
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.frame_embed = nn.Parameter(torch.zeros(1, data.window_frames, d))  # position within the window
@@ -129,6 +137,9 @@ class AVTransformer(nn.Module):
                        self.norm, self.head, self.audio_head, self.visual_head, self.token_head, self.sync_lips,
                        self.sync_voice]:
             module.apply(_init_weights)
+        if self.clip_voice is not None:
+            nn.init.trunc_normal_(self.clip_voice_embed, std=0.02)
+            self.clip_voice.apply(_init_weights)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """The timm encoders' parameters (pretrained: trained at train.backbone_lr_scale x the lr)."""
@@ -172,16 +183,21 @@ class AVTransformer(nn.Module):
                             voice + position + self.modality_embed[VOICE]], dim=1)
         cls = torch.ones(b, 1, dtype=torch.bool, device=frames.device)
         none = torch.zeros_like(vmask)
-        keep = torch.cat([torch.cat([cls, vmask, vmask, amask], 1),  # audio-visual view
-                          torch.cat([cls, none, none, amask], 1),  # audio only
-                          torch.cat([cls, vmask, vmask, none], 1)])  # visual only
+        clip_mask = torch.zeros(b, 0, dtype=torch.bool, device=frames.device)
+        if self.clip_voice is not None:  # the whole clip's voice: tokens after the 3T frame tokens
+            clip_tokens, clip_mask = self.clip_voice(batch["audio"], batch["audio_length"])
+            clip_mask = clip_mask & amask.any(1, keepdim=True)  # no audio token: no clip voice either
+            tokens = torch.cat([tokens, clip_tokens + self.clip_voice_embed], dim=1)
+        keep = torch.cat([torch.cat([cls, vmask, vmask, amask, clip_mask], 1),  # audio-visual view
+                          torch.cat([cls, none, none, amask, clip_mask], 1),  # audio only
+                          torch.cat([cls, vmask, vmask, none, torch.zeros_like(clip_mask)], 1)])  # visual only
         x = tokens.repeat(3, 1, 1)
         for block in self.blocks[:-1]:
             x = block(x, keep)
         x, attention = self.blocks[-1](x, keep, return_attention=True)
         x = self.norm(x)
         av, audio_only, visual_only = x.split(b)
-        token_logits = self.token_head(av[:, 1:]).squeeze(-1).float()  # [B, 3T]: face, lips, voice
+        token_logits = self.token_head(av[:, 1:1 + 3 * t]).squeeze(-1).float()  # [B, 3T]: face, lips, voice
 
         sync_matrix = self.sync_matrix(lips, voice)  # [B, W, K, K]
         pairs = (vmask & amask).view(b, w, self.window_frames)
@@ -195,7 +211,7 @@ class AVTransformer(nn.Module):
             "visual_logit": self.visual_head(visual_only[:, 0]).squeeze(-1).float(),
             "visual_token_logits": 0.5 * (token_logits[:, :t] + token_logits[:, t:2 * t]),
             "audio_token_logits": token_logits[:, 2 * t:],
-            "cls_attention": attention[:b, :, 0, 1:].mean(1),  # [B, 3T]: face, lip and audio tokens
+            "cls_attention": attention[:b, :, 0, 1:1 + 3 * t].mean(1),  # [B, 3T]: face, lip and audio tokens
             "sync": torch.diagonal(sync_matrix, dim1=2, dim2=3).reshape(b, t),
             "sync_matrix": sync_matrix,
             "shift_logits": shift_logits,

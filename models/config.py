@@ -44,8 +44,15 @@ class ModelConfig:
     n_mels: int = 64
     n_fft: int = 400  # 25 ms at 16 kHz
     hop_length: int = 160  # 10 ms: 4 hops per video frame at 25 fps
+    # The whole clip's audio (up to data.max_clip_seconds) as this many more voice tokens for the fusion
+    # transformer (utterance-level vocoder and conversion artefacts); 0: off. Widths of its strided convolutions.
+    clip_audio_tokens: int = 0
+    clip_audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     temporal_kernel: int = 5  # frames a temporal convolution sees (lips and audio)
     temporal_layers: int = 2
+    # Padding of those convolutions: circular keeps position within a window out of the tokens (see
+    # layers.TemporalConv); zeros is what checkpoints from before this option were trained with.
+    temporal_padding: Literal["zeros", "circular"] = "zeros"
     dim: int = 384  # fusion transformer width
     depth: int = 4
     heads: int = 6

@@ -20,7 +20,7 @@ class LogMel(nn.Module):
     _keep_in_fp32_modules_strict = ["mel.spectrogram.window", "mel.mel_scale.fb"]
 
     def __init__(self, n_mels: int, n_fft: int, hop_length: int, sample_rate: int = AUDIO_SAMPLE_RATE,
-                 center: bool = True):
+                 center: bool = True, batch_norm: bool = True):
         super().__init__()
         self.n_fft = n_fft
         self.mel = torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length,
@@ -28,7 +28,8 @@ class LogMel(nn.Module):
                                                         center=center)
         # torch's periodic Hann window is a view into a longer tensor, which safetensors refuses to load into.
         self.mel.spectrogram.window = self.mel.spectrogram.window.clone()
-        self.norm = nn.BatchNorm2d(1)  # learns the log-Mel scale (an input normalisation)
+        # learns the log-Mel scale (an input normalisation); without it the caller normalises (ClipVoiceEncoder)
+        self.norm = nn.BatchNorm2d(1) if batch_norm else nn.Identity()
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -39,7 +40,7 @@ class LogMel(nn.Module):
         with torch.autocast(device_type=wave.device.type, enabled=False):
             spec = torch.log(self.mel(wave.float()) + 1e-6)
         spec = spec.unsqueeze(1)
-        return self.norm(spec.to(self.norm.weight.dtype))
+        return self.norm(spec.to(self.norm.weight.dtype)) if isinstance(self.norm, nn.BatchNorm2d) else spec
 
 
 def window_audio(audio: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
@@ -72,14 +73,59 @@ class AudioFrontEnd(nn.Module):
         return self.proj(x.transpose(1, 2))
 
 
+class ClipVoiceEncoder(nn.Module):
+    """The whole clip's voice as a few tokens: waveforms [N, L] (zero-padded; ``lengths`` [N] real samples) ->
+    tokens [N, tokens, dim] and their mask [N, tokens] (True: the token's span starts inside the real audio).
+
+    Vocoder and conversion artefacts are properties of the whole utterance (spectral envelope, pitch contour,
+    noise floor), which the per-frame audio tokens of a few short windows see little of. Log-Mel at 10 ms hops,
+    normalised by the clip's own mean and deviation over its real audio (level-free, spectral shape kept; the
+    padding, set to 0 afterwards, never enters the statistics), then 2-D convolutions that halve frequency and
+    time, the frequencies pooled, and the time axis averaged into ``tokens`` equal spans of the padded length."""
+
+    def __init__(self, n_mels: int, n_fft: int, hop_length: int, channels: list[int], dim: int, tokens: int):
+        super().__init__()
+        self.hop_length, self.tokens = hop_length, tokens
+        self.logmel = LogMel(n_mels, n_fft, hop_length, center=False, batch_norm=False)
+        layers, previous = [], 1
+        for width in channels:
+            layers += [nn.Conv2d(previous, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.GELU()]
+            previous = width
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Sequential(nn.LayerNorm(previous), nn.Linear(previous, dim))
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mel = self.logmel(audio.float())  # [N, 1, M, H]
+        hops = mel.shape[-1]
+        ends = torch.arange(hops, device=mel.device) * self.hop_length + self.logmel.n_fft  # each STFT frame's end
+        real = ends[None, :] <= lengths[:, None]  # [N, H]: frames that read real audio only
+        weight = real[:, None, None, :].float()
+        count = (weight.sum((1, 2, 3)) * mel.shape[2]).clamp(min=1.0)
+        mean = (mel * weight).sum((1, 2, 3)) / count
+        var = (((mel - mean[:, None, None, None]) * weight) ** 2).sum((1, 2, 3)) / count
+        mel = (mel - mean[:, None, None, None]) / (var[:, None, None, None] + 1e-5).sqrt() * weight
+        x = self.convs(mel.to(self.proj[1].weight.dtype)).mean(2)  # [N, C, H / 2^layers]
+        x = F.adaptive_avg_pool1d(x, self.tokens).transpose(1, 2)  # [N, tokens, C]
+        span = audio.shape[1] / self.tokens
+        starts = torch.arange(self.tokens, device=audio.device) * span
+        return self.proj(x), starts[None, :] < lengths[:, None]
+
+
 class TemporalConv(nn.Module):
     """Residual depthwise-separable 1-D convolutions over the frames of a window: [N, K, dim] -> [N, K, dim].
-    What moves (lips opening and closing, a syllable's onset) is seen across neighbouring frames."""
+    What moves (lips opening and closing, a syllable's onset) is seen across neighbouring frames.
 
-    def __init__(self, dim: int, kernel: int, layers: int):
+    ``padding``: "zeros" lets a frame's token tell how far it is from the window's edges once the receptive field
+    spans the window (kernel 5 x 2 layers on 8 frames), and then the synchrony losses are solved by position
+    instead of by content (measured: a small model scored audio moved by 0.5 s as in sync). "circular" keeps the
+    tokens equivariant to shifts within the window, so only content can match lips to audio."""
+
+    def __init__(self, dim: int, kernel: int, layers: int, padding: str = "zeros"):
         super().__init__()
         self.layers = nn.ModuleList(nn.Sequential(
-            nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim), nn.GELU(), nn.Conv1d(dim, dim, 1))
+            nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim, padding_mode=padding), nn.GELU(),
+            nn.Conv1d(dim, dim, 1))
             for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 

@@ -68,6 +68,52 @@ def test_missing_modality_is_masked_not_zeroed(tiny):
     assert not torch.allclose(unmasked["logit"][0], base["logit"][0], atol=1e-5)
 
 
+@torch.no_grad()
+def test_clip_voice_tokens_hear_the_real_audio_only():
+    """model.clip_audio_tokens: the whole clip's voice joins the audio views; what lies past the audio's length
+    (the padding) changes nothing, the real audio does, the visual-only view never hears it, and a clip without
+    audio has no clip voice either."""
+    torch.manual_seed(0)
+    cfg = load_config(TINY, ["model.clip_audio_tokens=8"])
+    model = create_model(cfg).eval()
+    batch = example_batch(cfg.data, 2)
+    batch["audio_length"][:] = 3 * 16000
+    batch["audio"][:, 3 * 16000:] = 0.0
+    base = model(batch)
+    tokens, mask = model.clip_voice(batch["audio"], batch["audio_length"])
+    assert tokens.shape == (2, 8, cfg.model.dim) and mask[0].tolist() == [True] * 3 + [False] * 5  # 10 s / 8 spans
+    padded = batch["audio"].clone()
+    padded[:, 3 * 16000:] = torch.rand_like(padded[:, 3 * 16000:])
+    assert torch.allclose(model(dict(batch, audio=padded))["logit"], base["logit"], atol=1e-5)
+    louder = dict(batch, audio=batch["audio"] * 4)  # level-free: the clip's own statistics normalise it
+    assert torch.allclose(model.clip_voice(louder["audio"], batch["audio_length"])[0], tokens, atol=1e-3)
+    changed = batch["audio"].clone()
+    changed[:, 5 * 16000 // 2:3 * 16000] = 0.0  # past every window's audio, inside the real audio
+    after = model(dict(batch, audio=changed))
+    assert not torch.allclose(after["audio_logit"], base["audio_logit"], atol=1e-5)
+    assert torch.allclose(after["visual_logit"], base["visual_logit"], atol=1e-5)
+    silent = dict(batch, audio_mask=torch.zeros_like(batch["audio_mask"]))
+    assert torch.allclose(model(silent)["logit"], model(dict(silent, audio=changed))["logit"], atol=1e-5)
+
+
+@torch.no_grad()
+def test_circular_temporal_padding_keeps_position_out_of_the_lip_tokens():
+    """Identical mouth crops in every frame of a window: with circular padding every lip token is the same (the
+    synchrony losses can only match lips to audio by content); with zero padding the tokens tell the frame's place
+    in the window, which the synchrony losses learned to exploit instead of the lips."""
+    tokens = {}
+    for padding in ("zeros", "circular"):
+        torch.manual_seed(0)
+        cfg = load_config(TINY, ["model.temporal_kernel=5", "model.temporal_layers=2",
+                                 f"model.temporal_padding={padding}"])
+        model = create_model(cfg).eval()
+        batch = example_batch(cfg.data, 1)
+        mouths = batch["mouths"][:, :1].expand_as(batch["mouths"]).contiguous()
+        tokens[padding] = model._per_window(model.mouth(mouths), model.lip_motion)[0, :cfg.data.window_frames]
+    assert torch.allclose(tokens["circular"], tokens["circular"][:1].expand_as(tokens["circular"]), atol=1e-5)
+    assert not torch.allclose(tokens["zeros"], tokens["zeros"][:1].expand_as(tokens["zeros"]), atol=1e-3)
+
+
 def test_window_audio_is_cut_at_each_windows_offset():
     audio = torch.zeros(1, 2000)
     audio[0, [100, 900]] = 1.0
