@@ -71,9 +71,13 @@ class FrameEncoder(nn.Module):
     _keep_in_fp32_modules_strict = ["pixel_mean", "pixel_std"]
 
     def __init__(self, name: str, pretrained: str | None, drop_path: float, size: int, dim: int,
-                 grad_checkpointing: bool):
+                 grad_checkpointing: bool, window_frames: int = 0):
         super().__init__()
-        self.net = _backbone(name, pretrained, drop_path, img_size=size)
+        # window_frames > 0: each frame's difference from the previous frame of its window (zero for the first)
+        # joins its RGB as 3 more input channels (timm adapts the stem; pretrained RGB filters are repeated)
+        self.window_frames = window_frames
+        extra = {"in_chans": 6} if window_frames else {}
+        self.net = _backbone(name, pretrained, drop_path, img_size=size, **extra)
         if grad_checkpointing and hasattr(self.net, "set_grad_checkpointing"):
             self.net.set_grad_checkpointing(True)
         stats = getattr(self.net, "pretrained_cfg", {}) or {}
@@ -87,8 +91,17 @@ class FrameEncoder(nn.Module):
         """uint8 [B, T, 3, H, W] -> [B, T, dim]."""
         b, t = images.shape[:2]
         x = images.flatten(0, 1).float() / 255.0  # not in place: explain passes images that need gradients
-        x = ((x - self.pixel_mean) / self.pixel_std).to(self.proj[1].weight.dtype)
-        return self.proj(self.net(x)).view(b, t, -1)
+        x = (x - self.pixel_mean) / self.pixel_std
+        if self.window_frames:
+            x = torch.cat([x, self.frame_differences(x.view(b, t, *x.shape[1:])).flatten(0, 1)], 1)
+        return self.proj(self.net(x.to(self.proj[1].weight.dtype))).view(b, t, -1)
+
+    def frame_differences(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, C, H, W] -> each frame minus the previous one of its window; zero for a window's first frame."""
+        b, t = x.shape[:2]
+        windows = x.view(b, t // self.window_frames, self.window_frames, *x.shape[2:])
+        diff = torch.cat([torch.zeros_like(windows[:, :, :1]), windows[:, :, 1:] - windows[:, :, :-1]], 2)
+        return diff.view_as(x)
 
 
 class AVTransformer(nn.Module):
@@ -99,7 +112,7 @@ class AVTransformer(nn.Module):
         self.windows, self.window_frames = data.windows, data.window_frames
         self.samples_per_frame = data.samples_per_frame()
         self.face = FrameEncoder(m.visual_backbone, m.visual_pretrained, m.drop_path, data.size, d,
-                                 m.grad_checkpointing)
+                                 m.grad_checkpointing, data.window_frames if m.face_motion else 0)
         self.mouth = FrameEncoder(m.mouth_backbone, m.mouth_pretrained, m.drop_path, data.mouth_size, d,
                                   m.grad_checkpointing)
         self.lip_motion = TemporalConv(d, m.temporal_kernel, m.temporal_layers, m.temporal_padding)

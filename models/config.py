@@ -37,6 +37,9 @@ class ModelConfig:
     # download). The same for the mouth encoder.
     visual_pretrained: str | None = None
     # Mouth encoder: any timm model, applied per mouth crop, then a temporal convolution within each window.
+    # The face encoder also reads each frame's difference from the previous frame of its window: a pasted face
+    # that jitters or flickers against the head moves between frames that are otherwise nearly the same.
+    face_motion: bool = False
     mouth_backbone: str = "resnet18"
     mouth_pretrained: str | None = None
     # Audio: log-Mel at hop_length samples (10 ms), a convolutional front end of these widths, one token per frame.

@@ -81,7 +81,9 @@ class ClipVoiceEncoder(nn.Module):
     noise floor), which the per-frame audio tokens of a few short windows see little of. Log-Mel at 10 ms hops,
     normalised by the clip's own mean and deviation over its real audio (level-free, spectral shape kept; the
     padding, set to 0 afterwards, never enters the statistics), then 2-D convolutions that halve frequency and
-    time, the frequencies pooled, and the time axis averaged into ``tokens`` equal spans of the padded length."""
+    time, and the time axis averaged into ``tokens`` equal spans of the padded length. The frequency bands stay
+    apart (channels x bands -> a token): a formant moved up or a band smeared by a vocoder is a matter of where in
+    the spectrum, which pooling over frequency would blur."""
 
     def __init__(self, n_mels: int, n_fft: int, hop_length: int, channels: list[int], dim: int, tokens: int):
         super().__init__()
@@ -93,7 +95,10 @@ class ClipVoiceEncoder(nn.Module):
                        nn.GELU()]
             previous = width
         self.convs = nn.Sequential(*layers)
-        self.proj = nn.Sequential(nn.LayerNorm(previous), nn.Linear(previous, dim))
+        bands = n_mels
+        for _ in channels:
+            bands = (bands + 1) // 2
+        self.proj = nn.Sequential(nn.LayerNorm(previous * bands), nn.Linear(previous * bands, dim))
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mel = self.logmel(audio.float())  # [N, 1, M, H]
@@ -105,8 +110,8 @@ class ClipVoiceEncoder(nn.Module):
         mean = (mel * weight).sum((1, 2, 3)) / count
         var = (((mel - mean[:, None, None, None]) * weight) ** 2).sum((1, 2, 3)) / count
         mel = (mel - mean[:, None, None, None]) / (var[:, None, None, None] + 1e-5).sqrt() * weight
-        x = self.convs(mel.to(self.proj[1].weight.dtype)).mean(2)  # [N, C, H / 2^layers]
-        x = F.adaptive_avg_pool1d(x, self.tokens).transpose(1, 2)  # [N, tokens, C]
+        x = self.convs(mel.to(self.proj[1].weight.dtype)).flatten(1, 2)  # [N, C x bands, H / 2^layers]
+        x = F.adaptive_avg_pool1d(x, self.tokens).transpose(1, 2)  # [N, tokens, C x bands]
         span = audio.shape[1] / self.tokens
         starts = torch.arange(self.tokens, device=audio.device) * span
         return self.proj(x), starts[None, :] < lengths[:, None]

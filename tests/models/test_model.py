@@ -114,6 +114,23 @@ def test_circular_temporal_padding_keeps_position_out_of_the_lip_tokens():
     assert not torch.allclose(tokens["zeros"], tokens["zeros"][:1].expand_as(tokens["zeros"]), atol=1e-3)
 
 
+@torch.no_grad()
+def test_face_motion_reads_each_frame_and_the_one_before_it_in_its_window():
+    torch.manual_seed(0)
+    cfg = load_config(TINY, ["model.face_motion=true"])
+    model = create_model(cfg).eval()
+    batch = example_batch(cfg.data, 1)
+    k = cfg.data.window_frames
+    base = model.face(batch["frames"])
+    for frame, expected in ((3, [3, 4]), (k - 1, [k - 1]), (k, [k, k + 1])):  # no difference across windows
+        changed = batch["frames"].clone()
+        changed[0, frame] = 255 - changed[0, frame]
+        moved = (model.face(changed) - base).abs().sum(-1)[0] > 1e-6
+        assert moved.nonzero().flatten().tolist() == expected
+    out = model(batch)
+    assert torch.isfinite(out["logit"]).all() and tuple(out["visual_token_logits"].shape) == (1, cfg.data.frames)
+
+
 def test_window_audio_is_cut_at_each_windows_offset():
     audio = torch.zeros(1, 2000)
     audio[0, [100, 900]] = 1.0
