@@ -1,6 +1,6 @@
 """`make report`: the technical report from the demo's runs and the evaluations, as report/report.md.
 
-    python -m evaluation.report --runs DEMO_DIR [--out report] [--skip-generality] [--skip-robustness] ...
+    python -m evaluation.report --runs DEMO_DIR [--out report] [--protocol runs/protocol] [--skip-generality] ...
     python -m evaluation.report --runs DEMO_DIR/runs/tiny DEMO_DIR/runs/baseline --out report
 
 --runs takes a `make demo` folder (its runs/*, data/, submissions/) or run folders inside one. Evaluations missing
@@ -37,6 +37,9 @@ def ensure_evaluations(src: Sources, args: argparse.Namespace) -> dict[str, dict
     """Each evaluation's JSON, computed with `python -m evaluation` when missing (or --force); None when skipped."""
     results: dict[str, dict | None] = {}
     for name in EVALUATIONS:
+        if name == "generality" and src.protocol:
+            results[name] = json.loads((src.generality_dir / "generality.json").read_text())
+            continue
         path = src.eval_dir / f"{name}.json"
         skipped = name in args.skip
         if (not path.is_file() or args.force) and not skipped:
@@ -132,6 +135,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=Path, nargs="+", default=[Path(os.environ.get("DEMO_DIR", "runs/demo"))],
                         help="a `make demo` folder, or run folders inside one")
     parser.add_argument("--out", type=Path, default=ROOT / "report", help="report folder (report.md, figures/)")
+    parser.add_argument("--protocol", type=Path, default=None,
+                        help="a `python -m scripts.protocol` folder: the generality section and the synchrony check "
+                             "show its results (runs/protocol) instead of the demo's")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--force", action="store_true", help="rerun the evaluations even when cached")
     for name in ("generality", "robustness", "speed", "explain", "shortcuts", "modality"):
@@ -156,7 +162,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[report] %(message)s")
     args = parse_args(argv)
-    src = resolve_sources(args.runs)
+    src = resolve_sources(args.runs, args.protocol)
     try:
         meta = read_meta(src.demo.data)
         evals = ensure_evaluations(src, args)

@@ -25,10 +25,16 @@ log = logging.getLogger("report")
 class Sources:
     demo: DemoLayout
     runs: dict[str, Path] = field(default_factory=dict)  # name -> run folder, baseline first
+    protocol: Path | None = None  # a `python -m scripts.protocol` folder: its generality and sync results are shown
 
     @property
     def eval_dir(self) -> Path:
         return self.demo.eval
+
+    @property
+    def generality_dir(self) -> Path:
+        """Where generality.json and sync.json are read: the protocol run's eval/ when given, else the demo's."""
+        return self.protocol / "eval" if self.protocol else self.demo.eval
 
     def submission(self, name: str) -> Path | None:
         path = self.demo.submission(name)
@@ -40,8 +46,12 @@ class Sources:
         return OURS if OURS in self.runs else (others[0] if others else None)
 
 
-def resolve_sources(paths: list[Path]) -> Sources:
-    """A demo folder (has runs/) or run folders (the demo folder is then the runs' grandparent)."""
+def resolve_sources(paths: list[Path], protocol: Path | None = None) -> Sources:
+    """A demo folder (has runs/) or run folders (the demo folder is then the runs' grandparent), and optionally a
+    protocol folder whose generality evaluation must be there already."""
+    if protocol is not None and not (protocol / "eval" / "generality.json").is_file():
+        raise SystemExit(f"python -m evaluation.report: {protocol} holds no eval/generality.json; run "
+                         f"`python -m scripts.protocol --out {protocol}` first")
     roots, runs = set(), {}
     for path in paths:
         path = Path(os.path.abspath(path))  # not resolve(): a run folder may be a symlink inside runs/
@@ -61,7 +71,7 @@ def resolve_sources(paths: list[Path]) -> Sources:
     ordered = dict(sorted(runs.items(), key=lambda kv: (kv[0] != "baseline", kv[0])))
     if not ordered:
         raise SystemExit(f"python -m evaluation.report: no trained run under {paths}; run `make demo` first")
-    return Sources(DemoLayout(roots.pop()), ordered)
+    return Sources(DemoLayout(roots.pop()), ordered, Path(os.path.abspath(protocol)) if protocol else None)
 
 
 # --- reading runs ---------------------------------------------------------------------------------------------------

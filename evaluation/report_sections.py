@@ -200,6 +200,9 @@ class Report:
                 "`seen`: methods in training; `unseen_method`: another implementation of a trained family; "
                 "`unseen_family`: a family training never saw. Brackets: 95% stratified bootstrap interval "
                 "(1000 resamples). The last column is the same config trained on every method (the demo's run).", ""]
+        if self.src.protocol:
+            text[-2] += (f" These results come from the large protocol run in `{self.src.protocol}` "
+                         "(`python -m scripts.protocol`), not from the demo.")
         for e in result["experiments"]:
             ref = e.get("reference") or {}
             overrides = f"; overrides: `{' '.join(e['overrides'])}`" if e.get("overrides") else ""
@@ -226,7 +229,7 @@ class Report:
 
     def _sync(self) -> str:
         """The self-supervised synchrony check (``python -m evaluation sync``), when it was run."""
-        path = self.src.eval_dir / "sync.json"
+        path = self.src.generality_dir / "sync.json"
         if not path.is_file():
             return ("_Synchrony check: not run. `python -m evaluation sync --demo-dir DEMO_DIR --checkpoint "
                     "DEMO_DIR/eval/generality/<experiment>/run/best` scores a model trained without offset fakes._")

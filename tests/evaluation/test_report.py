@@ -105,6 +105,24 @@ def test_run_folders_and_cached_evaluations(demo, tmp_path):
     assert "| tiny |" in results and "| baseline |" not in results
 
 
+def test_protocol_results_replace_the_demos_generality(demo, tmp_path):
+    """--protocol DIR: the generality tables come from DIR/eval/generality.json (here the demo's, with one method
+    renamed so the source shows); a folder without it is refused with the command that makes it."""
+    import json
+
+    result = json.loads((demo / "eval" / "generality.json").read_text())
+    per_method = result["experiments"][0]["per_method"]
+    per_method["protocol_only_method"] = per_method.pop(next(iter(per_method)))
+    (tmp_path / "protocol" / "eval").mkdir(parents=True)
+    (tmp_path / "protocol" / "eval" / "generality.json").write_text(json.dumps(result))
+    out = tmp_path / "report"
+    make_report("--runs", demo, "--out", out, "--protocol", tmp_path / "protocol", "--skip-explain", "--no-pdf")
+    generality = [v for k, v in sections((out / "report.md").read_text()).items() if "eneralit" in k][0]
+    assert "| protocol_only_method |" in generality and str(tmp_path / "protocol") in generality
+    refused = make_report("--runs", demo, "--out", out, "--protocol", tmp_path, expect=1)
+    assert "python -m scripts.protocol --out" in refused.stderr
+
+
 def test_the_arguments_make_report_adds_are_accepted(demo):
     """make_report runs a missing evaluation with arguments of its own: python -m evaluation must accept them
     (the tests above find most evaluations cached, so they would not notice)."""
