@@ -1,6 +1,6 @@
 """The large generality protocol run (issues 13 and 14) in one command, timed:
 
-    python -m scripts.protocol --out runs/protocol [--videos 2000] [--configs tiny,small,baseline]
+    python -m scripts.protocol --out runs/protocol [--videos 2000] [--configs small,tiny,baseline]
 
 1. ``python -m scripts.make_synthetic_dataset --videos 2000 --shares 0.4,0.1,0.5`` -> OUT/data: identities and
    voices disjoint across splits, about 500 genuine test videos.
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=int, default=2000)
     parser.add_argument("--shares", default="0.4,0.1,0.5", help="train,val,test shares of the videos")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--configs", type=csv_list, default=csv_list("tiny,small,baseline"),
+    parser.add_argument("--configs", type=csv_list, default=csv_list("small,tiny,baseline"),
                         help="configs to train; the first one's model is given the sync check")
     parser.add_argument("--holdout", default=DEFAULT_HOLDOUT, help="methods and families left out of training")
     parser.add_argument("--sync-videos", type=int, default=200, help="genuine test videos for the sync check")
