@@ -199,7 +199,11 @@ class Report:
                 "full test set: genuine test videos against the fakes of each category, family and method. "
                 "`seen`: methods in training; `unseen_method`: another implementation of a trained family; "
                 "`unseen_family`: a family training never saw. Brackets: 95% stratified bootstrap interval "
-                "(1000 resamples). The last column is the same config trained on every method (the demo's run).", ""]
+                "(1000 resamples).", ""]
+        if any(e.get("reference") for e in result["experiments"]):
+            text[-2] += " The last column is the same config trained on every method (the demo's run)."
+        else:
+            text[-2] += " The last column (the same config trained on every method) was not run here (n/a)."
         if self.src.protocol:
             text[-2] += (f" These results come from the large protocol run in `{self.src.protocol}` "
                          "(`python -m scripts.protocol`), not from the demo.")
