@@ -2,7 +2,10 @@
 
 Visual: mirror, colour jitter, resolution loss (down/up-scaling), Gaussian blur, sensor noise, face-part cutout,
 JPEG re-compression. Audio: gain, additive noise at a random SNR, codec-like band-limiting, a small shift of the
-whole track. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so that a model
+whole track. Pseudo-fakes: ``self_blend`` turns a genuine clip's faces into a blended face (the clip's own face,
+slightly moved, recoloured and re-sampled, pasted inside a soft elliptical mask), a face swap without a donor;
+``self_vocode`` re-synthesises a genuine clip's audio from its magnitude spectrogram (Griffin-Lim), a converted
+voice without a target speaker. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so that a model
 cannot rely on where speech starts (fakes in FakeAVCeleb / AV-Deepfake1M start with silence).
 Every function draws from the ``numpy.random.Generator`` it is given: no global RNG.
 """
@@ -13,6 +16,8 @@ import math
 
 import cv2
 import numpy as np
+import torch
+import torchaudio
 
 from shards.extract import AUDIO_SAMPLE_RATE
 from train.config import AugmentConfig
@@ -81,6 +86,70 @@ def _cutout(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
+def self_blend(frames: np.ndarray, mouths: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A genuine clip's crops -> the crops of a blended face (uint8 [T, H, W, 3] each, one draw for the clip).
+
+    The idea of self-blended images (Shiohara & Yamasaki, CVPR 2022): a face swap leaves a blending boundary and a
+    mismatch of colour and resolution between the pasted inner face and the rest, whoever the donor is; a detector
+    that learns those from pseudo-fakes made of the genuine training faces learns them without the identity cues
+    of the few real swaps it sees. The mouth crops (inside the pasted region) get the same colour and resolution
+    change."""
+    source = _blend_source(rng)
+    t, h, w, _ = frames.shape
+    moved = np.stack([cv2.warpAffine(f, source["warp"](w, h), (w, h), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REFLECT) for f in frames])
+    mask = _blend_mask(h, w, rng)[None, :, :, None]
+    pasted = source["look"](moved).astype(np.float32)
+    blended = frames.astype(np.float32) * (1 - mask) + pasted * mask
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8), source["look"](mouths)
+
+
+def _blend_source(rng: np.random.Generator) -> dict:
+    """The pasted face's change: a small similarity warp, a colour shift and a resolution change."""
+    scale, angle = rng.uniform(0.96, 1.04), rng.uniform(-3.0, 3.0)
+    shift = rng.uniform(-0.02, 0.02, 2)
+    gain, offset = rng.uniform(0.92, 1.08, 3).astype(np.float32), rng.uniform(-12.0, 12.0, 3).astype(np.float32)
+    resample = ("down", "blur", "sharpen", "none")[int(rng.integers(4))]
+    factor, sigma, amount = rng.uniform(0.5, 0.85), rng.uniform(0.4, 1.0), rng.uniform(0.5, 1.5)
+
+    def warp(w: int, h: int) -> np.ndarray:
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+        m[:, 2] += shift * (w, h)
+        return m
+
+    def look(x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[1:3]
+        out = []
+        for f in x.astype(np.float32) * gain + offset:
+            if resample == "down":
+                small = (max(4, round(w * factor)), max(4, round(h * factor)))
+                f = cv2.resize(cv2.resize(f, small, interpolation=cv2.INTER_AREA), (w, h),
+                               interpolation=cv2.INTER_LINEAR)
+            elif resample == "blur":
+                f = cv2.GaussianBlur(f, (0, 0), sigma * h / 64)
+            elif resample == "sharpen":
+                f = f + amount * (f - cv2.GaussianBlur(f, (0, 0), h / 64))
+            out.append(f)
+        return np.clip(np.stack(out) + 0.5, 0, 255).astype(np.uint8)
+
+    return {"warp": warp, "look": look}
+
+
+def _blend_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 [H, W] in [0, 1]: a soft, irregular ellipse over the inner face of a crop (margin 0.3 around the
+    face box), scaled by a blend ratio."""
+    angles = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    wobble = sum(rng.uniform(0, 0.06) * np.cos(k * angles + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4))
+    rx, ry = rng.uniform(0.20, 0.29) * w, rng.uniform(0.26, 0.35) * h
+    cx, cy = (0.5 + rng.uniform(-0.02, 0.02)) * w, (0.53 + rng.uniform(-0.02, 0.03)) * h
+    points = np.stack([cx + rx * (1 + wobble) * np.cos(angles), cy + ry * (1 + wobble) * np.sin(angles)], 1)
+    mask = np.zeros((h, w), np.float32)
+    cv2.fillPoly(mask, [np.round(points * 4).astype(np.int32)], 1.0, shift=2)
+    mask = cv2.GaussianBlur(mask, (0, 0), rng.uniform(0.02, 0.08) * w)
+    mask /= max(float(mask.max()), 1e-6)
+    return mask * float(rng.choice([0.6, 0.8, 1.0, 1.0, 1.0]))
+
+
 def augment_audio(audio: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """``audio`` float32 [N] in [-1, 1] -> augmented float32 [N] (same length, so timing is kept)."""
     x = audio.astype(np.float32, copy=True)
@@ -103,6 +172,25 @@ def augment_audio(audio: np.ndarray, aug: AugmentConfig, rng: np.random.Generato
             snr_db = rng.uniform(10.0, 40.0)
             x = x + rng.normal(0.0, rms / 10 ** (snr_db / 20), x.shape).astype(np.float32)
     return np.clip(x, -1.0, 1.0).astype(np.float32)
+
+
+def self_vocode(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A genuine clip's audio re-synthesised from its STFT magnitude by Griffin-Lim (random FFT size, few
+    iterations, zero initial phase: no global RNG), at the original level: the phase and smearing artefacts a
+    vocoder leaves, in the clip's own voice and words (vocoded copies as spoofing training data: Wang & Yamagishi,
+    ICASSP 2023)."""
+    n_fft = int(rng.choice([256, 512, 1024]))
+    hop = n_fft // 4
+    if audio.size < 2 * n_fft:
+        return audio.astype(np.float32, copy=True)
+    x = torch.from_numpy(audio.astype(np.float32))
+    window = torch.hann_window(n_fft)
+    magnitude = torch.stft(x, n_fft, hop, window=window, return_complex=True).abs()
+    y = torchaudio.functional.griffinlim(magnitude, window, n_fft, hop, n_fft, power=1.0,
+                                         n_iter=int(rng.integers(4, 17)), momentum=0.99, length=audio.size,
+                                         rand_init=False).numpy()
+    gain = np.sqrt(np.mean(audio.astype(np.float64) ** 2) / max(float(np.mean(y.astype(np.float64) ** 2)), 1e-12))
+    return np.clip(y * gain, -1.0, 1.0).astype(np.float32)
 
 
 def low_pass(x: np.ndarray, cutoff_hz: float, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:

@@ -48,6 +48,8 @@ class AugmentConfig:
     temporal_crop: float = 0.5  # mask a random prefix/suffix of the clip (no leading-silence shortcut)
     min_keep: float = 0.5  # fraction of time steps a temporal crop keeps at least
     audio_jitter_ms: float = 10.0  # shift of the whole audio track against the frames
+    self_blend: float = 0.0  # chance a genuine clip becomes a self-blended face (a visual fake; train.augment)
+    self_vocode: float = 0.0  # chance a genuine clip's audio is re-synthesised by a vocoder (an audio fake)
 
 
 @dataclass
@@ -216,6 +218,9 @@ def validate(cfg: Config, source: str) -> None:
     need(0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)")
     need(len(cfg.train.betas) == 2, "train.betas needs two values")
     need(len(cfg.data.augment.jpeg_quality) == 2, "data.augment.jpeg_quality needs [low, high]")
+    blend, vocode = cfg.data.augment.self_blend, cfg.data.augment.self_vocode
+    need(blend >= 0 and vocode >= 0 and blend + vocode <= 1.0, "data.augment.self_blend and self_vocode are "
+         "chances of one genuine clip: each >= 0, together <= 1")
     for name in PRETRAINED_FIELDS:
         if str(getattr(cfg.model, name)).lower() == "none":  # `pretrained: none`: train from scratch, explicitly
             setattr(cfg.model, name, None)

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from competition import CATEGORIES
 from models.batch import Augment, collate, prepare
 from shards import reader
-from train.augment import augment_audio, augment_frames, temporal_keep_mask
+from train.augment import augment_audio, augment_frames, self_blend, self_vocode, temporal_keep_mask
 from train.config import AugmentConfig, Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,44 @@ def augmenter(aug: AugmentConfig, rng: np.random.Generator) -> Augment:
 
 
 def prepare_train(sample: dict, cfg: Config, rng: np.random.Generator) -> dict:
-    """``prepare`` with the config's augmentation (none when data.augment.enabled is false)."""
-    augment = augmenter(cfg.data.augment, rng) if cfg.data.augment.enabled else None
-    return prepare(sample, cfg.data, augment=augment)
+    """``prepare`` with the config's augmentation (none when data.augment.enabled is false), after turning a
+    genuine clip into a pseudo-fake with chance data.augment.self_blend (a self-blended face) or self_vocode (a
+    vocoded copy of its audio)."""
+    aug = cfg.data.augment
+    if not aug.enabled:
+        return prepare(sample, cfg.data)
+    if aug.self_blend + aug.self_vocode > 0 and sample.get("label") == 0:
+        draw = rng.random()
+        if draw < aug.self_blend and sample.get("has_face", True):
+            sample = self_blended(sample, rng)
+        elif aug.self_blend <= draw < aug.self_blend + aug.self_vocode and sample.get("has_audio", True):
+            sample = self_vocoded(sample, rng)
+    return prepare(sample, cfg.data, augment=augmenter(aug, rng))
+
+
+VISUAL_FAKE = next(c for c, kinds in CATEGORIES.items() if kinds == (1, 0))
+AUDIO_FAKE = next(c for c, kinds in CATEGORIES.items() if kinds == (0, 1))
+
+
+def self_blended(sample: dict, rng: np.random.Generator) -> dict:
+    """A genuine reader sample -> the same clip with a self-blended face (``train.augment.self_blend``), labelled
+    a visual fake with genuine audio."""
+    frames = np.asarray(sample["frames"]).transpose(0, 2, 3, 1)
+    mouths = np.asarray(sample["mouths"]).transpose(0, 2, 3, 1)
+    frames, mouths = self_blend(np.ascontiguousarray(frames), np.ascontiguousarray(mouths), rng)
+    return _pseudo_fake(sample, VISUAL_FAKE, frames=np.ascontiguousarray(frames.transpose(0, 3, 1, 2)),
+                        mouths=np.ascontiguousarray(mouths.transpose(0, 3, 1, 2)))
+
+
+def self_vocoded(sample: dict, rng: np.random.Generator) -> dict:
+    """A genuine reader sample -> the same clip with vocoded audio (``train.augment.self_vocode``), labelled an
+    audio fake with genuine video."""
+    audio = np.asarray(sample["audio"], dtype=np.float32).reshape(-1)
+    return _pseudo_fake(sample, AUDIO_FAKE, audio=self_vocode(audio, rng))
+
+
+def _pseudo_fake(sample: dict, category: str, **changed) -> dict:
+    return {**sample, **changed, "label": 1, "meta": {**(sample.get("meta") or {}), "category": category}}
 
 
 # --- shards ---------------------------------------------------------------------------------------------------

@@ -78,3 +78,59 @@ def test_modality_labels_from_a_category():
     assert modality_labels({"category": "RealVideo-FakeAudio"}, 1) == (0, 1)
     assert modality_labels({}, 1) == (-1, -1)
     assert modality_labels({}, 0) == (0, 0)
+
+
+def test_config_refuses_pseudo_fake_chances_over_one():
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="self_blend and self_vocode"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["data.augment.self_blend=0.7", "data.augment.self_vocode=0.5"])
+
+
+def test_self_blend_makes_a_visual_fake_of_a_genuine_clip(cfg):
+    blend = load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, "data.max_clip_seconds=2.0",
+                                                         "data.augment.self_blend=1.0"])
+    genuine, fake = sample(7, 0), sample(8, 1)
+    out = prepare_train(genuine, blend, np.random.default_rng(0))
+    assert (out["label"], out["visual_label"], out["audio_label"]) == (1, 1, 0)
+    assert prepare_train(fake, blend, np.random.default_rng(0))["label"] == 1
+    untouched = prepare_train(genuine, cfg, np.random.default_rng(0))
+    assert (untouched["label"], untouched["visual_label"], untouched["audio_label"]) == (0, 0, 0)
+
+
+def test_self_vocode_makes_an_audio_fake_of_a_genuine_clip():
+    vocode = load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, "data.max_clip_seconds=2.0",
+                                                          "data.augment.self_vocode=1.0", "data.augment.enabled=true"])
+    genuine = sample(9, 0)
+    out = prepare_train(genuine, vocode, np.random.default_rng(0))
+    assert (out["label"], out["visual_label"], out["audio_label"]) == (1, 0, 1)
+    assert out["audio_length"] == genuine["audio"].numel()
+
+
+def test_self_vocode_keeps_length_and_level_and_changes_the_waveform():
+    from train.augment import self_vocode
+
+    t = np.arange(16_000) / 16_000
+    voice = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    for k in range(3):
+        out = self_vocode(voice, np.random.default_rng(k))
+        assert out.shape == voice.shape and out.dtype == np.float32
+        assert np.sqrt(np.mean(out ** 2)) == pytest.approx(np.sqrt(np.mean(voice ** 2)), rel=0.05)
+        assert np.abs(out - voice).mean() > 0.01
+
+
+def test_self_blend_changes_the_inner_face_only():
+    from train.augment import self_blend
+
+    rng = np.random.default_rng(1)
+    frames = np.repeat(rng.integers(60, 200, (1, 64, 64, 3), dtype=np.uint8), 4, axis=0)
+    mouths = rng.integers(60, 200, (4, 32, 32, 3), dtype=np.uint8)
+    changed = []
+    for k in range(20):
+        out, out_mouths = self_blend(frames, mouths, np.random.default_rng(k))
+        assert out.shape == frames.shape and out.dtype == np.uint8 and out_mouths.shape == mouths.shape
+        assert (out == out[:1]).all()  # one draw for the whole clip
+        diff = np.abs(out.astype(int) - frames.astype(int)).mean(-1)[0]
+        assert diff[:4, :4].max() <= 1 and diff[-4:, -4:].max() <= 1  # the crop's corners stay the clip's own
+        changed.append(diff[24:40, 24:40].mean())
+    assert np.mean(changed) > 5  # the centre of the face is pasted from the changed copy
