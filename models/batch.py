@@ -11,7 +11,9 @@ window's first frame starts: frame k of window w owns audio[offset_w + k*F : off
 ``visual_mask`` / ``audio_mask`` bool [B,T] (valid tokens: the modality exists, the frame has a face box / its
 audio lies in the decoded audio, and the time step survived a temporal crop); ``has_face`` / ``has_audio`` bool
 [B]; ``label`` int64 [B] (-1 unknown); ``audio_label`` / ``visual_label`` int64 [B] (per-modality fakeness when
-the sample's meta names a FakeAVCeleb category, else -1); ``key`` list[str].
+the sample's meta names a FakeAVCeleb category, else -1); ``in_sync`` bool [B] (lips and voice are genuine and in
+sync, the synchrony loss's clips: genuine clips and the training pseudo-fakes made of them, whose meta says
+``pseudo_fake``); ``key`` list[str].
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def prepare(sample: dict, inputs: InputConfig, check_shape: bool = True, augment
         "label": label,
         "visual_label": visual_label,
         "audio_label": audio_label,
+        "in_sync": label == 0 or bool(meta.get("pseudo_fake")),
         "key": sample.get("key") or meta.get("video_name", "?"),
     }
 
@@ -105,7 +108,7 @@ def collate(samples: list[dict]) -> dict:
         batch[name] = torch.stack([s[name] for s in samples])
     for name in ("audio_length", "label", "visual_label", "audio_label"):
         batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.int64)
-    for name in ("has_face", "has_audio"):
+    for name in ("has_face", "has_audio", "in_sync"):
         batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.bool)
     batch["key"] = [s["key"] for s in samples]
     return batch

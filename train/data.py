@@ -82,7 +82,9 @@ def self_vocoded(sample: dict, rng: np.random.Generator) -> dict:
 
 
 def _pseudo_fake(sample: dict, category: str, **changed) -> dict:
-    return {**sample, **changed, "label": 1, "meta": {**(sample.get("meta") or {}), "category": category}}
+    """Labelled fake; its lips and voice stay in sync, so the synchrony loss keeps reading it (``pseudo_fake``)."""
+    meta = {**(sample.get("meta") or {}), "category": category, "pseudo_fake": True}
+    return {**sample, **changed, "label": 1, "meta": meta}
 
 
 # --- shards ---------------------------------------------------------------------------------------------------

@@ -46,6 +46,19 @@ def test_output_contract(tiny):
 
 
 @torch.no_grad()
+def test_sync_loss_reads_the_clips_marked_in_sync(tiny):
+    model, cfg = tiny
+    batch = example_batch(cfg.data, 2)  # labels 0 (genuine, in sync) and 1
+    out = model(batch)
+    assert batch["in_sync"].tolist() == [True, False]
+    genuine_only = model.loss(out, batch)[1]["sync"]
+    batch["in_sync"] = torch.tensor([True, True])  # a pseudo-fake of a genuine clip: lips and voice in sync
+    assert not torch.isclose(model.loss(out, batch)[1]["sync"], genuine_only)
+    batch["in_sync"] = torch.tensor([False, True])
+    assert torch.isfinite(model.loss(out, batch)[1]["sync"])
+
+
+@torch.no_grad()
 def test_missing_modality_is_masked_not_zeroed(tiny):
     model, cfg = tiny
     batch = example_batch(cfg.data, 2)

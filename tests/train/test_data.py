@@ -93,6 +93,8 @@ def test_self_blend_makes_a_visual_fake_of_a_genuine_clip(cfg):
     genuine, fake = sample(7, 0), sample(8, 1)
     out = prepare_train(genuine, blend, np.random.default_rng(0))
     assert (out["label"], out["visual_label"], out["audio_label"]) == (1, 1, 0)
+    assert out["in_sync"]  # the synchrony loss still reads it
+    assert not prepare_train(fake, blend, np.random.default_rng(0))["in_sync"]
     assert prepare_train(fake, blend, np.random.default_rng(0))["label"] == 1
     untouched = prepare_train(genuine, cfg, np.random.default_rng(0))
     assert (untouched["label"], untouched["visual_label"], untouched["audio_label"]) == (0, 0, 0)
@@ -103,7 +105,7 @@ def test_self_vocode_makes_an_audio_fake_of_a_genuine_clip():
                                                           "data.augment.self_vocode=1.0", "data.augment.enabled=true"])
     genuine = sample(9, 0)
     out = prepare_train(genuine, vocode, np.random.default_rng(0))
-    assert (out["label"], out["visual_label"], out["audio_label"]) == (1, 0, 1)
+    assert (out["label"], out["visual_label"], out["audio_label"]) == (1, 0, 1) and out["in_sync"]
     assert out["audio_length"] == genuine["audio"].numel()
 
 
