@@ -13,8 +13,8 @@ owns the audio [start_w + k / fps, start_w + (k + 1) / fps].
 
 Faces: BlazeFace on the sampled frames (shrunk by a whole factor to ``detect_side`` or less; once per window with
 the faces followed to its ends by phase correlation, or every ``detect_stride``-th frame where that fails, boxes and
-keypoints interpolated in between where they agree, see ``detect_faces``), linked into tracks, the most persistent track
-kept (``shards.faces.track_main_face``), its gaps filled from the nearest detection and its boxes and keypoints
+keypoints interpolated in between where they agree, see ``detect_faces``), linked into tracks, the most persistent
+track kept (``shards.faces.track_main_face``), its gaps filled from the nearest detection and its boxes and keypoints
 smoothed over time within each window; each frame is cropped square around that face with
 ``margin`` and resized to ``size``, and around the mouth keypoint (a square of ``mouth_scale`` x the face box's
 width) resized to ``mouth_size``. Frames larger than ``max_frame_side`` are downscaled while converting to RGB (a

@@ -5,8 +5,8 @@ JPEG re-compression. Audio: gain, additive noise at a random SNR, codec-like ban
 whole track. Pseudo-fakes: ``self_blend`` turns a genuine clip's faces into a blended face (the clip's own face,
 slightly moved, recoloured and re-sampled, pasted inside a soft elliptical mask), a face swap without a donor;
 ``self_vocode`` re-synthesises a genuine clip's audio from its magnitude spectrogram (Griffin-Lim), a converted
-voice without a target speaker. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so that a model
-cannot rely on where speech starts (fakes in FakeAVCeleb / AV-Deepfake1M start with silence).
+voice without a target speaker. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so
+that a model cannot rely on where speech starts (fakes in FakeAVCeleb / AV-Deepfake1M start with silence).
 Every function draws from the ``numpy.random.Generator`` it is given: no global RNG.
 """
 
