@@ -294,7 +294,7 @@ class AVTransformer(nn.Module):
             "visual": masked_mean(bce(out["visual_logit"], y_visual), has_v),
             "token": 0.5 * (masked_mean(bce(log_mean_exp(out["visual_token_logits"], vmask), y_visual), has_v)
                             + masked_mean(bce(log_mean_exp(out["audio_token_logits"], amask), y_audio), has_a)),
-            "sync": self.sync_loss(out, batch["in_sync"] if "in_sync" in batch else label == 0),
+            "sync": self.sync_loss(out, batch["in_sync"]),
         }
         w = self.loss_weights
         total = (parts["main"] + w.aux * (parts["audio"] + parts["visual"]) + w.token * parts["token"]
