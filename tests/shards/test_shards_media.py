@@ -55,6 +55,31 @@ def test_audio_span_is_exact_and_mono(tmp_path):
     assert np.abs(pcm).max() > 3000  # the 0.3-amplitude tone, not silence
 
 
+
+@pytest.mark.parametrize("fmt", ["fltp", "flt", "s16p", "s16", "s32p", "dblp", "u8p", "u8"])
+@pytest.mark.parametrize("layout", ["mono", "stereo", "2.1"])
+def test_mono_is_the_channel_mean_in_every_sample_format(fmt, layout):
+    channels = len(av.AudioLayout(layout).channels)
+    rng = np.random.default_rng(0)
+    planar = av.AudioFormat(fmt).is_planar
+    values = rng.uniform(-0.9, 0.9, (channels, 256))
+    scale = {"s16": 32768.0, "s32": 2147483648.0}.get(fmt.rstrip("p"))
+    if scale:
+        raw = np.round(values * scale).astype(np.int16 if "16" in fmt else np.int32)
+        expected = (raw.astype(np.float32) / np.float32(scale)).mean(axis=0)
+    elif fmt.startswith("u8"):
+        raw = np.round(values * 128 + 128).astype(np.uint8)
+        expected = ((raw.astype(np.float32) - 128.0) / 128.0).mean(axis=0)
+    else:
+        raw = values.astype(np.float64 if fmt.startswith("dbl") else np.float32)
+        expected = raw.astype(np.float32).mean(axis=0)
+    array = raw if planar else raw.T.reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(array), format=fmt, layout=layout)
+    frame.sample_rate = 16000
+    got = media._mono(frame)
+    assert got.dtype == np.float32 and got.shape == (256,)
+    assert np.array_equal(got, expected)
+
 def test_rgb_conversion_fast_path_matches_swscale(tmp_path):
     path = write_video(tmp_path / "c.mp4", seconds=0.2, audio=False)
     with av.open(str(path)) as container:
