@@ -368,11 +368,12 @@ def detect_faces(rgb: list[np.ndarray], detector, options: ExtractOptions) -> li
         faces = run(middle)
         if not faces:
             return False
-        for end in {first, last} - {middle} - set(found):
-            moved = [follow_face(rgb[middle], rgb[end], face) for face in faces]
-            if any(face is None for face in moved):
-                return False
-            found[end] = moved
+        ends = sorted({first, last} - {middle} - set(found))
+        moved = [follow_face(rgb[middle], [rgb[end] for end in ends], face) for face in faces]  # [face][end]
+        if any(face is None for per_end in moved for face in per_end):
+            return False
+        for e, end in enumerate(ends):
+            found[end] = [per_end[e] for per_end in moved]
         refine(first, middle)
         refine(middle, last)
         return True

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from shards.extract import ExtractOptions, detect_faces
-from shards.faces import Face, FaceDetector, crop_square, follow_face, iou, reference_image
+from shards.faces import (
+    Face,
+    FaceDetector,
+    crop_square,
+    fill_gaps,
+    follow_face,
+    iou,
+    reference_image,
+    smooth_track,
+)
 
 
 def shifted(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
@@ -30,7 +39,7 @@ def portrait() -> tuple[np.ndarray, Face]:
 @pytest.mark.parametrize("dx, dy", [(0, 0), (6, -3), (-15, 9)])
 def test_follow_face_recovers_the_translation(portrait, dx, dy):
     image, face = portrait
-    moved = follow_face(image, shifted(image, dx, dy), face)
+    [moved] = follow_face(image, [shifted(image, dx, dy)], face)
     assert moved is not None
     assert abs(moved.x0 - face.x0 - dx) < 1.0 and abs(moved.y1 - face.y1 - dy) < 1.0
     assert abs(moved.keypoints[3][0] - face.keypoints[3][0] - dx) < 1.0
@@ -39,9 +48,9 @@ def test_follow_face_recovers_the_translation(portrait, dx, dy):
 def test_follow_face_gives_up_rather_than_guess(portrait):
     image, face = portrait
     width = face.x1 - face.x0
-    assert follow_face(image, shifted(image, 0.5 * width, 0), face) is None  # beyond FOLLOW_MAX_SHIFT
+    assert follow_face(image, [shifted(image, 0.5 * width, 0)], face) == [None]  # beyond FOLLOW_MAX_SHIFT
     noise = np.random.default_rng(0).integers(0, 256, image.shape, dtype=np.uint8)
-    assert follow_face(image, noise, face) is None  # nothing like the face there (a cut, an occlusion)
+    assert follow_face(image, [noise], face) == [None]  # nothing like the face there (a cut, an occlusion)
 
 
 class CountingDetector:
@@ -101,3 +110,19 @@ def test_crop_square_pads_and_matches_area_resampling(portrait):
         assert crop.shape == (size, size, 3) and np.abs(crop.astype(float) - reference).mean() < 1.0
     overhang = crop_square(image, (-side // 2, -side // 2, side // 2, side // 2), 32)
     assert overhang.shape == (32, 32, 3) and overhang[:12, :12].max() == 0  # outside the frame: black
+
+
+def test_fill_gaps_takes_the_nearest_detection_and_the_earlier_on_a_tie():
+    a, b = Face(0, 0, 10, 10, 0.9), Face(4, 4, 14, 14, 0.8)
+    assert fill_gaps([None, a, None, None, None, b, None]) == [a, a, a, a, b, b, b]
+    assert fill_gaps([None, None]) == [None, None]
+
+
+def test_smooth_track_averages_neighbours_and_keeps_gaps():
+    faces = [Face(t, 0, t + 10, 10, 0.9, ((t, 5.0),) * 6) for t in range(5)]
+    smoothed = smooth_track(faces, 3)
+    assert [f.x0 for f in smoothed] == [0.5, 1.0, 2.0, 3.0, 3.5]  # fewer neighbours at the ends
+    assert [f.keypoints[3][0] for f in smoothed] == [0.5, 1.0, 2.0, 3.0, 3.5]
+    gappy = smooth_track([faces[0], None, faces[2], Face(3, 0, 13, 10, 0.9)], 3)
+    assert gappy[1] is None and gappy[0].x0 == 0.0 and gappy[2].x0 == 2.5  # the keypoint-less face: box only
+    assert gappy[3].keypoints == () and gappy[3].x0 == 2.5
