@@ -40,6 +40,7 @@ from evaluation.common import (
     write_table,
 )
 from evaluation.plots import plot_generality
+from train.config import load_config
 from train.data import pack_arguments
 
 # a whole family (audio offset: the sync check of issue 14 needs a model that never saw one) and one implementation
@@ -157,7 +158,7 @@ def run_generality(data_dir: Path, out_dir: Path, options: GeneralityOptions,
     counts = {}
     for split in ("train", "val"):
         _, _, counts[split] = make_subset(data_dir, meta, split, set(held_out), subset)
-    pack = pack_arguments(options.config)
+    pack = pack_arguments(load_config(options.config, options.overrides))  # a data override changes the clips too
     for split in ("train", "val"):
         target = out_dir / "shards" / split
         _step(out_dir / f"pack_{split}", [py, "-m", "shards.pack", "--videos", subset / split, "--labels",

@@ -16,6 +16,7 @@ BASELINE_OVERRIDES = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_
 # cheap settings for the evaluations that make_report runs when a test did not run them first
 ROBUSTNESS_ARGS = ["--perturbations", "gaussian_blur,h264_crf,noise_snr_db,aac_kbps", "--levels", "1,5"]
 GENERALITY_ARGS = ["--holdout", "av_offset,lip_sync_viseme", "--configs", "tiny", "--override", "train.epochs=1", "--override", "train.batch_size=4",
+                   "--override", "data.margin=0.35",  # a clip option: packing must follow it too
                    "--pack-arg=--shard-max-count", "--pack-arg=8"]
 SPEED_ARGS = ["--speed-videos", "2"]
 
