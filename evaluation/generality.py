@@ -272,7 +272,7 @@ def add_parser(sub) -> None:
     p.add_argument("--configs", type=csv_list, default=csv_list(DEFAULT_CONFIGS),
                    help=f"comma-separated config names under configs/ or YAML paths, one experiment each "
                         f"(default {DEFAULT_CONFIGS})")
-    p.add_argument("--override", action="append", default=[], help="python -m train config override, e.g. train.epochs=1")
+    p.add_argument("--override", action="append", default=[], help="config override, e.g. train.epochs=1 (data.* clip options also reach packing)")
     p.add_argument("--pack-arg", action="append", default=[], help="extra shards.pack argument (repeat per token)")
     p.add_argument("--no-reference", dest="reference", action="store_false",
                    help="do not score the demo's all-methods model of the same config (DEMO_DIR/<config>.csv)")

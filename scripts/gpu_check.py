@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds one training run may take (3 runs + inference stay within 8 minutes)")
     parser.add_argument("--infer-iters", type=int, default=20, help="timed forward passes per precision")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra python -m train override, repeatable (e.g. --set train.batch_size=32)")
+                        help="extra config override, repeatable (e.g. --set train.batch_size=32; data.* clip options also reach --prepare)")
     parser.add_argument("--prepare", action="store_true",
                         help="CPU machine: make synthetic videos and pack them into --shards with the config's options")
     parser.add_argument("--videos", type=int, default=40, help="--prepare: synthetic videos (60%% train, 20%% val)")
