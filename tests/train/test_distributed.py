@@ -312,6 +312,18 @@ def test_compile_switch_trains_like_eager(tiny_shards, tmp_path):
     load_for_inference(tmp_path / "compiled" / "best")  # same state_dict keys as an eager checkpoint
 
 
+
+def test_gpu_check_prepare_packs_with_the_overridden_clip_options(tmp_path):
+    """--prepare (the CPU half of `make gpu-check`) packs what the overridden config trains on."""
+    shards = tmp_path / "shards"
+    run_cli([sys.executable, "-m", "scripts.gpu_check", "--prepare", "--config", "configs/tiny.yaml", "--shards", shards,
+             "--videos", "6", "--set", "data.margin=0.35", "--set", "data.window_frames=4"], timeout=300)
+    for split in ("train", "val"):
+        with tarfile.open(sorted((shards / split).glob("*.tar"))[0]) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith(".json"))
+            meta = json.loads(tar.extractfile(member).read())
+        assert (meta["margin"], meta["window_frames"]) == (0.35, 4)
+
 def test_gpu_check_dry_run_on_the_cpu(tiny_shards, tmp_path):
     """`make gpu-check`'s script end to end on the CPU: three launch paths, inference, one JSON with every field."""
     shards = tmp_path / "shards"
