@@ -5,7 +5,7 @@ DeepSpeed ZeRO-2 on 2 processes in fp32 and in bf16 (weights cast to bf16, as on
 its best checkpoint through ``python -m infer`` next to a DDP-trained one; DDP with bf16 autocast; the
 multi-node config as two one-process "machines" on 127.0.0.1; train.sh's choice of launch config for 0, 1 and N
 GPUs and USE_DEEPSPEED=1; a training step that never waits for the device; the torch.compile switch; and the
-CPU dry run of ``python -m scripts.gpu_check``."""
+CPU dry run of ``python -m scripts.gpu_check`` and its ``--prepare``."""
 
 from __future__ import annotations
 
