@@ -363,7 +363,6 @@ def decode_audio(container: av.container.InputContainer, start: float, end: floa
     return pcm, {"source_rate": source_rate, "missing_seconds": round(missing, 4), "errors": errors}
 
 
-
 @functools.cache
 def _resample_filter(up: int, down: int) -> np.ndarray:
     """The low-pass filter ``scipy.signal.resample_poly`` designs for these rates by default (Kaiser, beta 5,
@@ -372,6 +371,7 @@ def _resample_filter(up: int, down: int) -> np.ndarray:
 
     half = 10 * max(up, down)
     return firwin(2 * half + 1, 1.0 / max(up, down), window=("kaiser", 5.0)).astype(np.float32)
+
 
 _PLANAR_DTYPES = {"fltp": np.float32, "dblp": np.float64, "s16p": np.int16, "s32p": np.int32, "u8p": np.uint8}
 

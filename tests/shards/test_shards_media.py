@@ -55,7 +55,6 @@ def test_audio_span_is_exact_and_mono(tmp_path):
     assert np.abs(pcm).max() > 3000  # the 0.3-amplitude tone, not silence
 
 
-
 @pytest.mark.parametrize("fmt", ["fltp", "flt", "s16p", "s16", "s32p", "dblp", "u8p", "u8"])
 @pytest.mark.parametrize("layout", ["mono", "stereo", "2.1"])
 def test_mono_is_the_channel_mean_in_every_sample_format(fmt, layout):
@@ -79,6 +78,7 @@ def test_mono_is_the_channel_mean_in_every_sample_format(fmt, layout):
     got = media._mono(frame)
     assert got.dtype == np.float32 and got.shape == (256,)
     assert np.array_equal(got, expected)
+
 
 def test_rgb_conversion_fast_path_matches_swscale(tmp_path):
     path = write_video(tmp_path / "c.mp4", seconds=0.2, audio=False)

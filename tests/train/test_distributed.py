@@ -312,7 +312,6 @@ def test_compile_switch_trains_like_eager(tiny_shards, tmp_path):
     load_for_inference(tmp_path / "compiled" / "best")  # same state_dict keys as an eager checkpoint
 
 
-
 def test_gpu_check_prepare_packs_with_the_overridden_clip_options(tmp_path):
     """--prepare (the CPU half of `make gpu-check`) packs what the overridden config trains on."""
     shards = tmp_path / "shards"
@@ -323,6 +322,7 @@ def test_gpu_check_prepare_packs_with_the_overridden_clip_options(tmp_path):
             member = next(m for m in tar.getmembers() if m.name.endswith(".json"))
             meta = json.loads(tar.extractfile(member).read())
         assert (meta["margin"], meta["window_frames"]) == (0.35, 4)
+
 
 def test_gpu_check_dry_run_on_the_cpu(tiny_shards, tmp_path):
     """`make gpu-check`'s script end to end on the CPU: three launch paths, inference, one JSON with every field."""
