@@ -25,11 +25,11 @@ RUN scripts/install.sh /opt/venv/bin/python --deps-only --models-only
 
 FROM ${BASE_IMAGE}
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# libegl1 + libgles2: MediaPipe's face detector opens libEGL.so.1 / libGLESv2.so.2 even on the CPU; without
-# them every video fails (python -m infer and shards.pack check this at start-up and stop with exit 5).
+# The face detector (LiteRT) needs only the C++ runtime that python3 brings; python -m infer and shards.pack check
+# at start-up that it finds a face (else they stop with exit 5).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 tini ca-certificates libegl1 libgles2 \
+    && apt-get install -y --no-install-recommends python3 tini ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 1000 avdf \
     && mkdir -p /work /output \

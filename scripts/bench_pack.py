@@ -10,7 +10,7 @@ Three runs over the same videos, each in N spawned worker processes (one thread 
 Per-core throughput is reported three ways: ``cpu`` = videos per CPU-second (worker CPU time per video, all
 threads, plus the parent's CPU; robust when other work shares the machine), ``steady_wall`` = per-video wall
 time inside the workers after start-up, and ``wall`` = videos / (run wall time x workers) including worker
-start-up (MediaPipe import, model load), which only matters for small runs. ``ratio_pack_vs_decode`` = pack /
+start-up (imports, detector load), which only matters for small runs. ``ratio_pack_vs_decode`` = pack /
 decode throughput on CPU time; the target is >= 0.7. Also reported: the time split of packing into its stages
 on a few videos (in this process) and the mean JPEG bytes per crop pixel, which calibrates
 ``shards.pack.JPEG_BYTES_PER_PIXEL``. ``paired`` measures decode-only and full extraction+encoding of each

@@ -3,7 +3,7 @@
 (``multi_gpu.yaml``, one process) and DeepSpeed ZeRO-2 (``deepspeed_zero2.yaml``, one process); then time
 model-only inference in bf16 and fp32. Writes one JSON file and prints it.
 
-    # on a CPU machine with the project installed (packing needs MediaPipe and PyAV):
+    # on a CPU machine with the project installed (packing needs the face detector and PyAV):
     python -m scripts.gpu_check --prepare              # synthetic videos -> runs/gpu_check/shards/{train,val}
     scripts/gpu_wheels.sh                              # the packages the GPU machine lacks -> .whl/
     # on the GPU machine (no network), with the repository, .whl/ and runs/gpu_check/shards copied over:

@@ -32,6 +32,4 @@ PY
     "$PY" -m pip install -q -r "$REQUIREMENTS"
     rm -f "$REQUIREMENTS" ;;
 esac
-# mediapipe's metadata pulls a second OpenCV, matplotlib and sounddevice; its real needs are in pyproject.
-"$PY" -m pip install -q --no-deps mediapipe==1.2.2
 (cd "$ROOT" && "$PY" -m scripts.setup_assets "${ASSET_ARGS[@]}")

@@ -332,7 +332,7 @@ def _usable_duration(container, info: media.MediaInfo, options: ExtractOptions, 
 def detect_faces(rgb: list[np.ndarray], detector, options: ExtractOptions) -> list[list[Face]]:
     """Faces per frame (working-resolution pixels), largest first.
 
-    With ``follow`` (the default) the detector (~4 ms a call) runs once per window, on its middle frame, and each
+    With ``follow`` (the default) the detector (~2.5 ms a call) runs once per window, on its middle frame, and each
     face found there is followed to the window's first and last frames by phase correlation (``follow_face``,
     ~0.2 ms). Otherwise, and wherever following is unsure or the middle frame has no face, it runs on every
     ``detect_stride``-th frame of the window and its last. Between two known frames of a window whose faces agree

@@ -1,8 +1,9 @@
-"""The project's one face detector (MediaPipe BlazeFace full-range), face tracking and square cropping.
+"""The project's one face detector (MediaPipe's BlazeFace full-range model, run by LiteRT), face tracking and square
+cropping.
 
-Why BlazeFace full-range: about 4 ms per 640x480 frame on one CPU core, finds small faces and several faces,
-Apache-2.0, and a 676 KB model (see ../shared/FACTS.md for the comparison). The model file comes from the
-asset cache (``scripts/setup_assets.py``); nothing is downloaded at run time.
+Why BlazeFace full-range: about 2-3 ms a frame on one CPU core, finds small faces and several faces, Apache-2.0, and
+a 676 KB model (see ../shared/FACTS.md for the comparison). The model file comes from the asset cache
+(``scripts/setup_assets.py``); nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import bisect
 import contextlib
 import functools
 import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from shards.assets import face_model_path
-
-_FORKED_HANDLES: list = []  # detectors inherited through fork: never closed or freed in the child
-# MediaPipe's TFLite runtime opens these system libraries when the detector is created (Debian packages).
-SYSTEM_LIBRARIES = {"libEGL.so.1": "libegl1", "libGLESv2.so.2": "libgles2"}
 
 
 class DetectorUnavailable(RuntimeError):
@@ -66,7 +62,7 @@ def follow_face(source: np.ndarray, targets: list[np.ndarray], face: Face) -> li
     """``face`` (found in frame ``source``) moved to where it is in each of ``targets``; None where unsure.
 
     The face box's region of the frames, grey and at ``FOLLOW_SIDE`` pixels, is phase-correlated (a Hann-windowed
-    FFT: ~0.2 ms a target, against ~4 ms for a detection); the peak is the face's translation. Zoom and rotation
+    FFT: ~0.2 ms a target, against ~2.5 ms for a detection); the peak is the face's translation. Zoom and rotation
     are not followed (the windows are a fraction of a second long); a weak peak or a large shift gives None so
     that the caller detects instead."""
     import cv2
@@ -99,59 +95,114 @@ def _hann_window() -> np.ndarray:
 
 
 class FaceDetector:
-    """BlazeFace full-range through the MediaPipe Tasks API. Deterministic on CPU; one per process."""
+    """BlazeFace full-range (MediaPipe's model file) run by the LiteRT interpreter on one CPU thread, with the
+    pre- and post-processing of MediaPipe's face-detection graph: the frame letterboxed to the model's square input
+    (bilinear, black borders, pixels to [-1, 1]), one anchor per 4-px cell, sigmoid scores, weighted non-maximum
+    suppression at IoU 0.3. Boxes come out in whole pixels as MediaPipe's Tasks API reports them (origin and size
+    truncated), so the boxes are MediaPipe's own; this saves its graph's ~1 ms a call. Deterministic; no threads, so
+    forked processes may use or drop it."""
 
     def __init__(self, min_score: float = 0.5, max_side: int = 1280):
-        import mediapipe as mp
-        from mediapipe.tasks.python import BaseOptions, vision
+        from ai_edge_litert.interpreter import Interpreter
 
-        self._mp = mp
         self.max_side = max_side
-        self._first_call = True
-        options = vision.FaceDetectorOptions(
-            base_options=BaseOptions(model_asset_path=str(face_model_path())),
-            min_detection_confidence=min_score,
-        )
-        with _silenced_stderr():  # the TFLite runtime prints dozens of harmless lines per process
-            self._detector = vision.FaceDetector.create_from_options(options)
-        # mediapipe closes through a thread pool that is gone by the time atexit or __del__ run; threading's
-        # exit hooks run in reverse order before that pool shuts down, so closing there is clean.
-        threading._register_atexit(self.close)
-        # A forked child (e.g. a DataLoader worker) inherits this object but not MediaPipe's threads: closing it
-        # there waits forever at exit. The child keeps the dead handle aside instead and never closes it.
-        os.register_at_fork(after_in_child=self._forget_in_child)
-
-    def _forget_in_child(self) -> None:
-        if self._detector is not None:
-            _FORKED_HANDLES.append(self._detector)
-            self._detector = None
+        self._min_logit = float(np.log(min_score / (1 - min_score)))
+        with _silenced_stderr():  # the runtime announces its CPU delegate on stderr
+            self._interpreter = Interpreter(model_path=str(face_model_path()), num_threads=1)
+            self._interpreter.allocate_tensors()
+        (tensor_in,) = self._interpreter.get_input_details()
+        self._input, self.side = tensor_in["index"], int(tensor_in["shape"][1])
+        outputs = {int(o["shape"][-1]): o["index"] for o in self._interpreter.get_output_details()}
+        self._regressors, self._scores = outputs.get(4 + 2 * KEYPOINTS), outputs.get(1)
+        self._anchors = _anchor_centres(self.side)
+        shapes = [tuple(o["shape"]) for o in self._interpreter.get_output_details()]
+        if self._regressors is None or self._scores is None or (1, len(self._anchors), 1) not in shapes:
+            raise RuntimeError(f"{face_model_path()} is not BlazeFace full-range (outputs {shapes}); rerun "
+                               "scripts/setup_assets.py")
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 [H, W, 3] frame, largest first."""
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         image = rgb if scale == 1.0 else _resize(rgb, int(round(width * scale)), int(round(height * scale)))
-        mp_image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
-        # the first call logs a harmless memory-alignment warning per process; later calls are silent
-        with _silenced_stderr() if self._first_call else contextlib.nullcontext():
-            result = self._detector.detect(mp_image)
-        self._first_call = False
+        if self._interpreter is None:
+            raise RuntimeError("FaceDetector.detect after close()")
+        image_height, image_width = image.shape[:2]
+        fit = self.side / max(image_height, image_width)
+        pad_x, pad_y = (self.side - image_width * fit) / 2, (self.side - image_height * fit) / 2
+        self._interpreter.set_tensor(self._input, _letterbox(image, self.side, fit, pad_x, pad_y))
+        self._interpreter.invoke()
+        logits = self._interpreter.get_tensor(self._scores)[0, :, 0]
+        keep = np.flatnonzero(logits >= self._min_logit)
+        if keep.size == 0:
+            return []
+        raw = self._interpreter.get_tensor(self._regressors)[0, keep].astype(np.float64) / self.side
+        centres = self._anchors[keep]
+        middle, size = raw[:, :2] + centres, raw[:, 2:4]
+        boxes = np.concatenate([middle - size / 2, middle + size / 2], axis=1)  # x0, y0, x1, y1 of the input square
+        keypoints = raw[:, 4:].reshape(-1, KEYPOINTS, 2) + centres[:, None, :]
+        scores = 1.0 / (1.0 + np.exp(-np.clip(logits[keep].astype(np.float64), -100.0, 100.0)))
+        # from the model's square back to the image: the letterbox undone, as fractions of the image's sides
+        shift, extent = np.array([pad_x, pad_y]) / self.side, np.array([image_width, image_height]) * fit / self.side
         faces = []
-        for detection in result.detections:
-            box = detection.bounding_box
-            keypoints = tuple((kp.x * width, kp.y * height) for kp in (detection.keypoints or []))
+        for box, points, score in _weighted_nms(boxes, keypoints, scores, NMS_IOU):
+            (rx0, ry0), (rx1, ry1) = (box[:2] - shift) / extent, (box[2:] - shift) / extent
+            x0, y0 = int(rx0 * image_width), int(ry0 * image_height)  # whole pixels, truncated as MediaPipe does
+            x1, y1 = x0 + int((rx1 - rx0) * image_width), y0 + int((ry1 - ry0) * image_height)
+            relative = (points - shift) / extent
             faces.append(Face(
-                x0=max(0.0, box.origin_x / scale), y0=max(0.0, box.origin_y / scale),
-                x1=min(width, (box.origin_x + box.width) / scale), y1=min(height, (box.origin_y + box.height) / scale),
-                score=float(detection.categories[0].score), keypoints=keypoints,
+                x0=max(0.0, x0 / scale), y0=max(0.0, y0 / scale), x1=min(width, x1 / scale), y1=min(height, y1 / scale),
+                score=float(score), keypoints=tuple((float(x * width), float(y * height)) for x, y in relative),
             ))
         return sorted(faces, key=lambda f: -f.area)
 
     def close(self) -> None:
-        if self._detector is not None:
-            with _silenced_stderr():  # the runtime logs each accelerator it destroys
-                self._detector.close()
-            self._detector = None
+        self._interpreter = None
+
+
+KEYPOINTS = 6  # BlazeFace's: right eye, left eye, nose tip, mouth centre, right ear, left ear
+NMS_IOU = 0.3  # MediaPipe's face-detection graph: overlapping candidates above this IoU are merged
+
+
+@functools.cache
+def _anchor_centres(side: int) -> np.ndarray:
+    """BlazeFace full-range's anchors: one per 4 x 4 pixel cell of the input, at its centre, as fractions [N, 2]."""
+    cells = side // 4
+    ys, xs = np.meshgrid((np.arange(cells) + 0.5) / cells, (np.arange(cells) + 0.5) / cells, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+def _letterbox(image: np.ndarray, side: int, fit: float, pad_x: float, pad_y: float) -> np.ndarray:
+    """The image scaled by ``fit`` into the middle of a black ``side`` square, as the model's float input [1, S, S, 3]
+    in [-1, 1]."""
+    import cv2
+
+    warp = np.array([[fit, 0.0, pad_x], [0.0, fit, pad_y]], dtype=np.float32)
+    square = cv2.warpAffine(np.ascontiguousarray(image), warp, (side, side), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return (square.astype(np.float32) * np.float32(2 / 255) - np.float32(1))[None]
+
+
+def _weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
+                  threshold: float) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+    """MediaPipe's weighted non-maximum suppression: the best remaining candidate and every candidate overlapping it
+    by more than ``threshold`` IoU become one detection, their boxes and keypoints averaged by score, with the best
+    one's score."""
+    remaining = np.argsort(-scores, kind="stable")
+    while remaining.size:
+        overlap = _ious(boxes[remaining[0]], boxes[remaining])
+        overlap[0] = 1.0  # the best candidate leads its group even when its box is degenerate
+        group, remaining = remaining[overlap > threshold], remaining[overlap <= threshold]
+        weights = scores[group] / scores[group].sum()
+        yield (weights @ boxes[group], np.tensordot(weights, keypoints[group], axes=1), scores[group[0]])
+
+
+def _ious(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = width * height
+    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
+    return inter / np.maximum(union, 1e-12)
 
 
 @contextlib.contextmanager
@@ -358,6 +409,9 @@ def self_check() -> Face:
         detector = FaceDetector()
     except FileNotFoundError as error:
         raise DetectorUnavailable(f"face detector model missing: {error}") from error
+    except ValueError as error:  # LiteRT's word for a file that is not a model
+        raise DetectorUnavailable(f"the face detector model {face_model_path()} is unreadable ({error}); rerun "
+                                  "scripts/setup_assets.py") from error
     except (OSError, RuntimeError, ImportError) as error:
         raise DetectorUnavailable(_describe_load_error(error)) from error
     try:
@@ -372,11 +426,5 @@ def self_check() -> Face:
 
 
 def _describe_load_error(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}"
-    missing = [lib for lib in SYSTEM_LIBRARIES if lib in text]
-    if missing:
-        packages = " ".join(SYSTEM_LIBRARIES[lib] for lib in missing)
-        return (f"the face detector (MediaPipe) cannot load the system library {', '.join(missing)} ({text}); "
-                f"install the Debian packages {' '.join(SYSTEM_LIBRARIES.values())} "
-                f"(apt-get install {packages}), or use the project's Docker image")
-    return f"the face detector (MediaPipe) failed to start: {text}"
+    return (f"the face detector (LiteRT) failed to start: {type(error).__name__}: {error}; reinstall with "
+            "scripts/install.sh (pyproject's ai-edge-litert) or use the project's Docker image")

@@ -123,7 +123,7 @@ def _worker_died(video: Video) -> dict:
     record = {"video_name": video.name, "key": video.key, "label": video.label, "fallbacks": [],
               "status": "failed", "reason": "worker_died", "seconds": None, "cpu_seconds": None,
               "detail": "the worker process died while extracting this video, also when retried alone "
-                        "(killed by the OS, e.g. out of memory, or a crash inside FFmpeg/MediaPipe)"}
+                        "(killed by the OS, e.g. out of memory, or a crash inside FFmpeg or the detector)"}
     return {"record": record, "sample": None}
 
 

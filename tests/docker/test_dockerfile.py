@@ -63,14 +63,6 @@ def test_base_image_is_pinned_by_dated_tag_and_digest():
     assert stages and all(args.split()[0] == "${BASE_IMAGE}" for args in stages)
 
 
-def test_runtime_installs_the_detectors_system_libraries():
-    from shards.faces import SYSTEM_LIBRARIES
-
-    runtime = [args for keyword, args in instructions() if keyword == "RUN" and "apt-get install" in args][-1]
-    for package in SYSTEM_LIBRARIES.values():
-        assert re.search(rf"\b{package}\b", runtime), f"the runtime stage must install {package}"
-
-
 def test_code_is_copied_after_the_python_stack():
     """A code-only change must not reinstall the dependencies (layer order)."""
     steps = instructions()

@@ -1,15 +1,18 @@
-"""Faces: following a face between frames, detecting once per window, square crops."""
+"""Faces: the detector, following a face between frames, detecting once per window, square crops."""
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 
 import cv2
 import numpy as np
 import pytest
 
+from shards import faces
 from shards.extract import ExtractOptions, detect_faces
 from shards.faces import (
+    DetectorUnavailable,
     Face,
     FaceDetector,
     crop_square,
@@ -17,6 +20,7 @@ from shards.faces import (
     follow_face,
     iou,
     reference_image,
+    self_check,
     smooth_track,
 )
 
@@ -34,6 +38,62 @@ def portrait() -> tuple[np.ndarray, Face]:
         return image, detector.detect(image)[0]
     finally:
         detector.close()
+
+
+def test_weighted_nms_merges_overlapping_candidates_by_score():
+    boxes = np.array([[0.0, 0.0, 1.0, 1.0], [0.1, 0.0, 1.1, 1.0], [2.0, 2.0, 3.0, 3.0]])
+    keypoints = np.array([[[0.5, 0.5]], [[0.6, 0.5]], [[2.5, 2.5]]])
+    scores = np.array([0.6, 0.9, 0.7])
+    merged = list(faces._weighted_nms(boxes, keypoints, scores, 0.3))
+    assert [score for _, _, score in merged] == [0.9, 0.7]  # the best of each group leads it
+    box, points, _ = merged[0]
+    np.testing.assert_allclose(box, [0.06, 0.0, 1.06, 1.0])  # (0.6 x 0.0 + 0.9 x 0.1) / 1.5
+    np.testing.assert_allclose(points, [[0.56, 0.5]])
+    np.testing.assert_allclose(merged[1][0], boxes[2])
+
+
+def test_detector_boxes_follow_the_face_through_letterboxing_and_mirroring(portrait):
+    image, face = portrait
+    height, width = image.shape[:2]
+    canvas = np.zeros((height, 2 * width, 3), np.uint8)  # the face half as large in the model's square input
+    canvas[:, width // 2:width // 2 + width] = image
+    detector = FaceDetector()
+    try:
+        [wide] = detector.detect(canvas)
+        [mirrored] = detector.detect(image[:, ::-1])
+    finally:
+        detector.close()
+    assert iou(wide.moved(-(width // 2), 0), face) > 0.85
+    assert iou(Face(width - mirrored.x1, mirrored.y0, width - mirrored.x0, mirrored.y1, 1.0), face) > 0.9
+    assert all(float(v).is_integer() for v in face.box())  # whole pixels, as MediaPipe's Tasks API reports them
+    mouth = face.keypoints[3]
+    assert face.x0 < mouth[0] < face.x1 and (face.y0 + face.y1) / 2 < mouth[1] < face.y1
+
+
+def _detect_in_child(image: np.ndarray, detector: FaceDetector, queue) -> None:
+    queue.put(detector.detect(image)[0].box())
+
+
+def test_a_forked_process_uses_the_detector_it_inherits(portrait):
+    """DataLoader workers and pack's worker pool fork after the detector exists: it must work there and exit."""
+    image, face = portrait
+    detector = FaceDetector()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_detect_in_child, args=(image, detector, queue))
+    child.start()
+    box = queue.get(timeout=60)
+    child.join(timeout=60)
+    detector.close()
+    assert child.exitcode == 0 and box == face.box()
+
+
+def test_self_check_names_a_corrupt_model_file(tmp_path, monkeypatch):
+    corrupt = tmp_path / "face.tflite"
+    corrupt.write_bytes(b"not a model")
+    monkeypatch.setattr(faces, "face_model_path", lambda: corrupt)
+    with pytest.raises(DetectorUnavailable, match="setup_assets|install"):
+        self_check()
 
 
 @pytest.mark.parametrize("dx, dy", [(0, 0), (6, -3), (-15, 9)])
