@@ -112,21 +112,22 @@ class FaceDetector:
             self._interpreter.allocate_tensors()
         (tensor_in,) = self._interpreter.get_input_details()
         self._input, self.side = tensor_in["index"], int(tensor_in["shape"][1])
-        outputs = {int(o["shape"][-1]): o["index"] for o in self._interpreter.get_output_details()}
+        details = self._interpreter.get_output_details()
+        outputs = {int(o["shape"][-1]): o["index"] for o in details}
         self._regressors, self._scores = outputs.get(4 + 2 * KEYPOINTS), outputs.get(1)
         self._anchors = _anchor_centres(self.side)
-        shapes = [tuple(o["shape"]) for o in self._interpreter.get_output_details()]
+        shapes = [tuple(int(n) for n in o["shape"]) for o in details]
         if self._regressors is None or self._scores is None or (1, len(self._anchors), 1) not in shapes:
             raise RuntimeError(f"{face_model_path()} is not BlazeFace full-range (outputs {shapes}); rerun "
                                "scripts/setup_assets.py")
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 [H, W, 3] frame, largest first."""
+        if self._interpreter is None:
+            raise RuntimeError("FaceDetector.detect after close()")
         height, width = rgb.shape[:2]
         scale = min(1.0, self.max_side / max(height, width))
         image = rgb if scale == 1.0 else _resize(rgb, int(round(width * scale)), int(round(height * scale)))
-        if self._interpreter is None:
-            raise RuntimeError("FaceDetector.detect after close()")
         image_height, image_width = image.shape[:2]
         fit = self.side / max(image_height, image_width)
         pad_x, pad_y = (self.side - image_width * fit) / 2, (self.side - image_height * fit) / 2
