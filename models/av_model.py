@@ -35,6 +35,7 @@ from models.config import ModelSpec
 from models.layers import (
     AudioFrontEnd,
     ClipVoiceEncoder,
+    FeatureMap,
     FusionBlock,
     LogMel,
     TemporalConv,
@@ -125,8 +126,11 @@ class AVTransformer(nn.Module):
         self.voice_motion = TemporalConv(d, m.temporal_kernel, m.temporal_layers, m.temporal_padding)
         self.clip_voice = None
         if m.clip_audio_tokens:
+            backbone = None
+            if m.clip_audio_backbone:
+                backbone = FeatureMap(timm_backbone(m.clip_audio_backbone, None, in_chans=1))
             self.clip_voice = ClipVoiceEncoder(m.n_mels, m.n_fft, m.hop_length, m.clip_audio_channels, d,
-                                               m.clip_audio_tokens)
+                                               m.clip_audio_tokens, backbone)
             self.clip_voice_embed = nn.Parameter(torch.zeros(1, m.clip_audio_tokens, d))  # its span and modality
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))

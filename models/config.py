@@ -51,6 +51,9 @@ class ModelConfig:
     # transformer (utterance-level vocoder and conversion artefacts); 0: off. Widths of its strided convolutions.
     clip_audio_tokens: int = 0
     clip_audio_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    # Or a timm CNN (in_chans=1, random init) for those tokens in place of the strided convolutions: its feature
+    # map, frequency bands kept apart, pooled over time (the seed baseline reads the spectrogram with a ResNet).
+    clip_audio_backbone: str | None = None
     temporal_kernel: int = 5  # frames a temporal convolution sees (lips and audio)
     temporal_layers: int = 2
     # Padding of those convolutions: circular keeps position within a window out of the tokens (see

@@ -73,6 +73,17 @@ class AudioFrontEnd(nn.Module):
         return self.proj(x.transpose(1, 2))
 
 
+class FeatureMap(nn.Module):
+    """A timm model's last feature map (``forward_features``, before pooling) as the module's output."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
 class ClipVoiceEncoder(nn.Module):
     """The whole clip's voice as a few tokens: waveforms [N, L] (zero-padded; ``lengths`` [N] real samples) ->
     tokens [N, tokens, dim] and their mask [N, tokens] (True: the token's span starts inside the real audio).
@@ -85,20 +96,25 @@ class ClipVoiceEncoder(nn.Module):
     apart (channels x bands -> a token): a formant moved up or a band smeared by a vocoder is a matter of where in
     the spectrum, which pooling over frequency would blur."""
 
-    def __init__(self, n_mels: int, n_fft: int, hop_length: int, channels: list[int], dim: int, tokens: int):
+    def __init__(self, n_mels: int, n_fft: int, hop_length: int, channels: list[int], dim: int, tokens: int,
+                 backbone: nn.Module | None = None):
+        """``backbone``: a CNN that maps the [N, 1, n_mels, hops] image to a feature map [N, C, bands, steps] (a timm
+        model's ``forward_features``, as the seed baseline reads the spectrogram) instead of the strided stack."""
         super().__init__()
         self.hop_length, self.tokens = hop_length, tokens
         self.logmel = LogMel(n_mels, n_fft, hop_length, center=False, batch_norm=False)
-        layers, previous = [], 1
-        for width in channels:
-            layers += [nn.Conv2d(previous, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
-                       nn.GELU()]
-            previous = width
-        self.convs = nn.Sequential(*layers)
-        bands = n_mels
-        for _ in channels:
-            bands = (bands + 1) // 2
-        self.proj = nn.Sequential(nn.LayerNorm(previous * bands), nn.Linear(previous * bands, dim))
+        if backbone is None:
+            layers, previous = [], 1
+            for width in channels:
+                layers += [nn.Conv2d(previous, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                           nn.GELU()]
+                previous = width
+            backbone = nn.Sequential(*layers)
+        self.convs = backbone
+        with torch.no_grad():  # the width of a time step: channels x frequency bands left
+            features = self.convs.eval()(torch.zeros(1, 1, n_mels, 64)).flatten(1, 2).shape[1]
+        self.convs.train()
+        self.proj = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, dim))
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mel = self.logmel(audio.float())  # [N, 1, M, H]
@@ -110,7 +126,7 @@ class ClipVoiceEncoder(nn.Module):
         mean = (mel * weight).sum((1, 2, 3)) / count
         var = (((mel - mean[:, None, None, None]) * weight) ** 2).sum((1, 2, 3)) / count
         mel = (mel - mean[:, None, None, None]) / (var[:, None, None, None] + 1e-5).sqrt() * weight
-        x = self.convs(mel.to(self.proj[1].weight.dtype)).flatten(1, 2)  # [N, C x bands, H / 2^layers]
+        x = self.convs(mel.to(self.proj[1].weight.dtype)).flatten(1, 2)  # [N, C x bands, H / stride]
         x = F.adaptive_avg_pool1d(x, self.tokens).transpose(1, 2)  # [N, tokens, C x bands]
         span = audio.shape[1] / self.tokens
         starts = torch.arange(self.tokens, device=audio.device) * span

@@ -82,12 +82,13 @@ def test_missing_modality_is_masked_not_zeroed(tiny):
 
 
 @torch.no_grad()
-def test_clip_voice_tokens_hear_the_real_audio_only():
+@pytest.mark.parametrize("backbone", [None, "test_resnet"])
+def test_clip_voice_tokens_hear_the_real_audio_only(backbone):
     """model.clip_audio_tokens: the whole clip's voice joins the audio views; what lies past the audio's length
     (the padding) changes nothing, the real audio does, the visual-only view never hears it, and a clip without
-    audio has no clip voice either."""
+    audio has no clip voice either. The same with a timm CNN reading the spectrogram (model.clip_audio_backbone)."""
     torch.manual_seed(0)
-    cfg = load_config(TINY, ["model.clip_audio_tokens=8"])
+    cfg = load_config(TINY, ["model.clip_audio_tokens=8", f"model.clip_audio_backbone={backbone or 'null'}"])
     model = create_model(cfg).eval()
     batch = example_batch(cfg.data, 2)
     batch["audio_length"][:] = 3 * 16000
