@@ -103,10 +103,12 @@ class Report:
             text += ["Source media (from meta.csv):", "", table(["property", "min", "max"], ranges), ""]
         if self.ours:
             d = self.ours.config.get("data", {})
-            text.append(f"Extraction (`shards.extract`, shared by packing and inference): {d.get('frames')} face "
-                        f"crops of {d.get('size')} px (margin {d.get('margin')}) per clip, evenly spaced over at most "
-                        f"{d.get('max_clip_seconds')} s, with the aligned 16 kHz mono audio; MediaPipe BlazeFace "
-                        "detection and tracking of the main face.")
+            text.append(f"Extraction (`shards.extract`, shared by packing and inference): {d.get('windows')} windows "
+                        f"of {d.get('window_frames')} consecutive frames at {d.get('fps')} fps per clip, spread over at "
+                        f"most {d.get('max_clip_seconds')} s; per frame a face crop of {d.get('size')} px (margin "
+                        f"{d.get('margin')}) and a mouth crop of {d.get('mouth_size')} px, with the aligned 16 kHz mono "
+                        "audio; BlazeFace (MediaPipe's full-range model, run by LiteRT) detection and tracking of the "
+                        "main face.")
         shard_rows = []
         for split in ("train", "val"):
             tars = sorted((self.src.demo.shards / split).glob("*.tar"))
