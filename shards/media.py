@@ -324,6 +324,20 @@ def decode_audio(container: av.container.InputContainer, start: float, end: floa
     time_base = float(stream.time_base) if stream.time_base else None
     next_t: float | None = None
     errors = 0
+    run: list[av.AudioFrame] = []  # frames that follow each other without a gap: converted in one go
+    run_start = run_end = 0
+
+    def flush() -> None:
+        if run:
+            place(_mono(run), run_start)
+            run.clear()
+
+    def place(mono: np.ndarray, offset: int) -> None:
+        lo, hi = max(0, offset), min(length, offset + mono.size)
+        if hi > lo:
+            buffer[lo:hi] = mono[lo - offset:hi - offset]
+            covered[lo:hi] = True
+
     try:
         for packet in container.demux(stream):
             try:
@@ -334,19 +348,24 @@ def decode_audio(container: av.container.InputContainer, start: float, end: floa
             t = None
             for frame in decoded:
                 t = frame.pts * time_base if frame.pts is not None and time_base else (next_t or 0.0)
-                mono = _mono(frame)
-                next_t = t + mono.size / frame.sample_rate
-                if frame.sample_rate != source_rate:  # a mid-stream rate change: keep the span's timeline
-                    mono = resample_poly(mono, source_rate, frame.sample_rate).astype(np.float32)
+                next_t = t + frame.samples / frame.sample_rate
                 offset = int(round((t - begin) * source_rate))
-                lo, hi = max(0, offset), min(length, offset + mono.size)
-                if hi > lo:
-                    buffer[lo:hi] = mono[lo - offset:hi - offset]
-                    covered[lo:hi] = True
+                if frame.sample_rate != source_rate:  # a mid-stream rate change: keep the span's timeline
+                    flush()
+                    place(resample_poly(_mono(frame), source_rate, frame.sample_rate).astype(np.float32), offset)
+                    continue
+                if run and (offset != run_end or frame.format.name != run[0].format.name
+                            or frame.layout.name != run[0].layout.name):
+                    flush()
+                if not run:
+                    run_start = offset
+                run.append(frame)
+                run_end = offset + frame.samples
             if t is not None and t > end + AUDIO_CONTEXT:
                 break
     except av.FFmpegError:
         errors += 1
+    flush()
     if not covered.any():
         raise MediaError("audio_unreadable", f"no decodable audio in [{start:.3f}, {end:.3f}] s")
     g = math.gcd(rate, source_rate)
@@ -376,17 +395,16 @@ def _resample_filter(up: int, down: int) -> np.ndarray:
 _PLANAR_DTYPES = {"fltp": np.float32, "dblp": np.float64, "s16p": np.int16, "s32p": np.int32, "u8p": np.uint8}
 
 
-def _mono(frame: av.AudioFrame) -> np.ndarray:
-    """float32 mono samples of one audio frame, whatever its sample format and layout."""
-    dtype = _PLANAR_DTYPES.get(frame.format.name)
+def _mono(frames: av.AudioFrame | list[av.AudioFrame]) -> np.ndarray:
+    """float32 mono samples of one audio frame (or of consecutive frames of one format and layout, joined),
+    whatever the sample format and layout."""
+    frames = [frames] if isinstance(frames, av.AudioFrame) else frames
+    dtype = _PLANAR_DTYPES.get(frames[0].format.name)
     if dtype is not None:  # one plane per channel, read in place (to_ndarray stacks them: ~4x the cost a frame)
-        array = [np.frombuffer(plane, dtype, frame.samples) for plane in frame.planes]
+        array = [_joined([np.frombuffer(f.planes[c], dtype, f.samples) for f in frames])
+                 for c in range(len(frames[0].planes))]
     else:
-        array = frame.to_ndarray()
-        if array.shape[0] == 1 and not frame.format.is_planar:  # packed: [1, samples x channels]
-            channels = len(frame.layout.channels)
-            if channels > 1:
-                array = array.reshape(-1, channels).T
+        array = _joined([_packed(f) for f in frames])
     channels = [_as_float(channel) for channel in array]
     if len(channels) == 1:
         return channels[0]
@@ -394,6 +412,20 @@ def _mono(frame: av.AudioFrame) -> np.ndarray:
     for channel in channels[2:]:
         mixed += channel
     return mixed / len(channels)
+
+
+def _packed(frame: av.AudioFrame) -> np.ndarray:
+    """[channels, samples] of a frame in a packed (interleaved) sample format."""
+    array = frame.to_ndarray()
+    if array.shape[0] == 1 and not frame.format.is_planar:  # packed: [1, samples x channels]
+        channels = len(frame.layout.channels)
+        if channels > 1:
+            array = array.reshape(-1, channels).T
+    return array
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=-1)
 
 
 def _as_float(samples: np.ndarray) -> np.ndarray:
