@@ -401,10 +401,10 @@ def _mono(frames: av.AudioFrame | list[av.AudioFrame]) -> np.ndarray:
     frames = [frames] if isinstance(frames, av.AudioFrame) else frames
     dtype = _PLANAR_DTYPES.get(frames[0].format.name)
     if dtype is not None:  # one plane per channel, read in place (to_ndarray stacks them: ~4x the cost a frame)
-        array = [_joined([np.frombuffer(f.planes[c], dtype, f.samples) for f in frames])
+        array = [np.concatenate([np.frombuffer(f.planes[c], dtype, f.samples) for f in frames])
                  for c in range(len(frames[0].planes))]
     else:
-        array = _joined([_packed(f) for f in frames])
+        array = np.concatenate([_packed(f) for f in frames], axis=-1)
     channels = [_as_float(channel) for channel in array]
     if len(channels) == 1:
         return channels[0]
@@ -422,10 +422,6 @@ def _packed(frame: av.AudioFrame) -> np.ndarray:
         if channels > 1:
             array = array.reshape(-1, channels).T
     return array
-
-
-def _joined(arrays: list[np.ndarray]) -> np.ndarray:
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=-1)
 
 
 def _as_float(samples: np.ndarray) -> np.ndarray:
