@@ -91,16 +91,24 @@ class FrameEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, T, 3, H, W] -> [B, T, dim]."""
         b, t = images.shape[:2]
+        x = self.net_inputs(images, self.window_frames)
+        return self.proj(self.net(x.to(self.proj[1].weight.dtype))).view(b, t, -1)
+
+    def net_inputs(self, images: torch.Tensor, window_frames: int) -> torch.Tensor:
+        """uint8 [B, T, 3, H, W] -> the encoder's float input [B x T, C, H, W]: normalised RGB, and with
+        ``model.face_motion`` each frame's difference from the previous one of its window of ``window_frames``."""
+        b, t = images.shape[:2]
         x = images.flatten(0, 1).float() / 255.0  # not in place: explain passes images that need gradients
         x = (x - self.pixel_mean) / self.pixel_std
         if self.window_frames:
-            x = torch.cat([x, self.frame_differences(x.view(b, t, *x.shape[1:])).flatten(0, 1)], 1)
-        return self.proj(self.net(x.to(self.proj[1].weight.dtype))).view(b, t, -1)
+            x = torch.cat([x, self.frame_differences(x.view(b, t, *x.shape[1:]), window_frames).flatten(0, 1)], 1)
+        return x
 
-    def frame_differences(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def frame_differences(x: torch.Tensor, window_frames: int) -> torch.Tensor:
         """[B, T, C, H, W] -> each frame minus the previous one of its window; zero for a window's first frame."""
         b, t = x.shape[:2]
-        windows = x.view(b, t // self.window_frames, self.window_frames, *x.shape[2:])
+        windows = x.view(b, t // window_frames, window_frames, *x.shape[2:])
         diff = torch.cat([torch.zeros_like(windows[:, :, :1]), windows[:, :, 1:] - windows[:, :, :-1]], 2)
         return diff.view_as(x)
 
@@ -139,7 +147,10 @@ class AVTransformer(nn.Module):
         self.modality_embed = nn.Parameter(torch.zeros(3, d))
         self.blocks = nn.ModuleList(FusionBlock(d, m.heads, m.mlp_ratio, m.dropout) for _ in range(m.depth))
         self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d + 2, 1)  # the fused head also reads the clip's sync evidence and whether it has any
+        # per frame: genuine face or self-blended one (model.blend_head; trained by loss.blend on those clips only)
+        self.blend_head = nn.Linear(d, 1) if m.blend_head else None
+        # the fused head also reads the clip's sync evidence, whether it has any, and its detached blend score
+        self.head = nn.Linear(d + 2 + int(m.blend_head), 1)
         self.audio_head = nn.Linear(d, 1)
         self.visual_head = nn.Linear(d, 1)
         self.token_head = nn.Linear(d, 1)
@@ -152,7 +163,7 @@ class AVTransformer(nn.Module):
             nn.init.trunc_normal_(p, std=0.02)
         for module in [self.face.proj, self.mouth.proj, self.lip_motion, self.voice, self.voice_motion, self.blocks,
                        self.norm, self.head, self.audio_head, self.visual_head, self.token_head, self.sync_lips,
-                       self.sync_voice]:
+                       self.sync_voice, self.blend_head or nn.Identity()]:
             module.apply(_init_weights)
         if self.clip_voice is not None:
             nn.init.trunc_normal_(self.clip_voice_embed, std=0.02)
@@ -220,7 +231,13 @@ class AVTransformer(nn.Module):
         pairs = (vmask & amask).view(b, w, self.window_frames)
         shift_logits = self.shift_logits(sync_matrix, pairs)  # [B, W, 2D + 1]
         sync_score, has_pairs = self.sync_evidence(shift_logits, pairs)
-        fused = torch.cat([av[:, 0], torch.stack([sync_score, has_pairs], -1).to(av.dtype)], -1)
+        evidence = [sync_score, has_pairs]
+        blend = {}
+        if self.blend_head is not None:
+            blend["blend_token_logits"] = self.blend_head(face).squeeze(-1).float()  # [B, T]
+            blend["blend_logit"] = clip_mean(blend["blend_token_logits"], vmask)
+            evidence.append(blend["blend_logit"].detach())  # the blend head learns from loss.blend alone
+        fused = torch.cat([av[:, 0], torch.stack(evidence, -1).to(av.dtype)], -1)
         return {
             "logit": self.head(fused).squeeze(-1).float(),
             "sync_score": sync_score,
@@ -234,6 +251,7 @@ class AVTransformer(nn.Module):
             "shift_logits": shift_logits,
             "visual_mask": vmask,
             "audio_mask": amask,
+            **blend,
         }
 
     # --- synchrony ----------------------------------------------------------------------------------------
@@ -303,7 +321,17 @@ class AVTransformer(nn.Module):
         w = self.loss_weights
         total = (parts["main"] + w.aux * (parts["audio"] + parts["visual"]) + w.token * parts["token"]
                  + w.sync * parts["sync"])
+        if self.blend_head is not None:
+            y_blend = batch["blend_label"][:, None].expand_as(vmask)
+            parts["blend"] = masked_mean(bce(out["blend_token_logits"], y_blend), vmask & (y_blend >= 0))
+            total = total + w.blend * parts["blend"]
         return total, parts
+
+
+def clip_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per clip, the mean of [B, T] values over the masked time steps; 0 for a clip without any."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 def _init_weights(module: nn.Module) -> None:

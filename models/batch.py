@@ -13,7 +13,8 @@ audio lies in the decoded audio, and the time step survived a temporal crop); ``
 [B]; ``label`` int64 [B] (-1 unknown); ``audio_label`` / ``visual_label`` int64 [B] (per-modality fakeness when
 the sample's meta names a FakeAVCeleb category, else -1); ``in_sync`` bool [B] (lips and voice are genuine and in
 sync, the synchrony loss's clips: genuine clips and the training pseudo-fakes made of them, whose meta says
-``pseudo_fake``); ``key`` list[str].
+``pseudo_fake``); ``blend_label`` int64 [B] (0 genuine, 1 a self-blended face: a visual pseudo-fake, -1 any other
+clip); ``key`` list[str].
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def prepare(sample: dict, inputs: InputConfig, check_shape: bool = True, augment
         "visual_label": visual_label,
         "audio_label": audio_label,
         "in_sync": label == 0 or bool(meta.get("pseudo_fake")),
+        "blend_label": blend_label(meta, label, visual_label),
         "key": sample.get("key") or meta.get("video_name", "?"),
     }
 
@@ -100,13 +102,21 @@ def modality_labels(meta: dict, label: int) -> tuple[int, int]:
     return CATEGORIES.get(category, (-1, -1))
 
 
+def blend_label(meta: dict, label: int, visual_label: int) -> int:
+    """0 for a genuine clip, 1 for a self-blended face (a visual pseudo-fake), -1 for every other clip: the real
+    fakes never reach the blend head, so mouth-only manipulations, whose frames look genuine, cannot confuse it."""
+    if label == 0:
+        return 0
+    return 1 if meta.get("pseudo_fake") and visual_label == 1 else -1
+
+
 def collate(samples: list[dict]) -> dict:
     if not samples:
         raise ValueError("collate() got no samples")
     batch: dict = {}
     for name in ("frames", "mouths", "audio", "window_offsets", "visual_mask", "audio_mask"):
         batch[name] = torch.stack([s[name] for s in samples])
-    for name in ("audio_length", "label", "visual_label", "audio_label"):
+    for name in ("audio_length", "label", "visual_label", "audio_label", "blend_label"):
         batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.int64)
     for name in ("has_face", "has_audio", "in_sync"):
         batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.bool)

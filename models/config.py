@@ -36,10 +36,13 @@ class ModelConfig:
     # Local file with ImageNet-1K weights for it (see scripts/fetch_pretrained.py); null: random init (never a
     # download). The same for the mouth encoder.
     visual_pretrained: str | None = None
-    # Mouth encoder: any timm model, applied per mouth crop, then a temporal convolution within each window.
     # The face encoder also reads each frame's difference from the previous frame of its window: a pasted face
     # that jitters or flickers against the head moves between frames that are otherwise nearly the same.
     face_motion: bool = False
+    # A per-frame head on the face tokens that tells genuine faces from self-blended ones (train.augment.self_blend),
+    # trained on those alone (loss.blend); the clip's mean of it, detached, is one more input of the fused head.
+    blend_head: bool = False
+    # Mouth encoder: any timm model, applied per mouth crop, then a temporal convolution within each window.
     mouth_backbone: str = "resnet18"
     mouth_pretrained: str | None = None
     # Audio: log-Mel at hop_length samples (10 ms), a convolutional front end of these widths, one token per frame.
@@ -80,6 +83,7 @@ class LossConfig:
     aux: float = 0.5  # audio-only and visual-only heads
     sync: float = 0.2  # InfoNCE of time-aligned audio/visual tokens on genuine clips
     token: float = 0.1  # per-time token logits (multiple-instance loss)
+    blend: float = 0.0  # model.blend_head: genuine vs self-blended faces, per frame
 
 
 @dataclass

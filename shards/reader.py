@@ -12,6 +12,7 @@
 world_size=None, counts=None, decode=True) -> webdataset.DataPipeline`` yields ``shards.format.decode`` dicts:
 frames uint8 [T,3,S,S], mouths uint8 [T,3,M,M], audio float32 [N], label (int, -1 unknown), key (the video file
 name), has_face, has_audio, meta (the sample json). ``decode=False`` yields the raw members instead (bytes per extension).
+``only_label=0`` keeps the genuine samples alone (chosen before they are decoded).
 
 Splitting. ``rank``/``world_size`` default to torch.distributed when it is initialised, else 0/1; DataLoader
 workers are read from ``torch.utils.data.get_worker_info()``. There are rank x workers consumers ("slots").
@@ -211,7 +212,7 @@ def _decode_all(samples: Iterator[dict]) -> Iterator[dict]:
 def make_dataset(urls: str | Path | Sequence[str | Path], *, mode: str = "eval", seed: int = 0, epoch: int = 0,
                  shuffle_buffer: int = 0, balance: bool = False, rank: int | None = None,
                  world_size: int | None = None, counts: dict[int, int] | None = None,
-                 decode: bool = True) -> wds.DataPipeline:
+                 decode: bool = True, only_label: int | None = None) -> wds.DataPipeline:
     """A WebDataset pipeline over packed shards; see the module doc for the modes and the splitting rules."""
     if mode not in ("eval", "train"):
         raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
@@ -228,6 +229,8 @@ def make_dataset(urls: str | Path | Sequence[str | Path], *, mode: str = "eval",
             if len([v for v in counts.values() if v > 0]) < 2:
                 raise ValueError(f"balance=True needs samples of two classes, the shards have {counts}")
             stages.append(_Seeded(_balance, seed, epoch, rank, 2, counts=counts))
+    if only_label is not None:
+        stages.append(wds.filters.select(lambda sample: _raw_label(sample) == only_label))
     if shuffle_buffer > 0:
         stages.append(_Seeded(_shuffle, seed, epoch, rank, 3, size=shuffle_buffer))
     if decode:

@@ -86,14 +86,15 @@ def _cutout(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def self_blend(frames: np.ndarray, mouths: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def self_blend(frames: np.ndarray, mouths: np.ndarray | None,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
     """A genuine clip's crops -> the crops of a blended face (uint8 [T, H, W, 3] each, one draw for the clip).
 
     The idea of self-blended images (Shiohara & Yamasaki, CVPR 2022): a face swap leaves a blending boundary and a
     mismatch of colour and resolution between the pasted inner face and the rest, whoever the donor is; a detector
     that learns those from pseudo-fakes made of the genuine training faces learns them without the identity cues
-    of the few real swaps it sees. The mouth crops (inside the pasted region) get the same colour and resolution
-    change."""
+    of the few real swaps it sees. The mouth crops (inside the pasted region; None: none) get the same colour and
+    resolution change."""
     source = _blend_source(rng)
     t, h, w, _ = frames.shape
     moved = np.stack([cv2.warpAffine(f, source["warp"](w, h), (w, h), flags=cv2.INTER_LINEAR,
@@ -101,7 +102,7 @@ def self_blend(frames: np.ndarray, mouths: np.ndarray, rng: np.random.Generator)
     mask = _blend_mask(h, w, rng)[None, :, :, None]
     pasted = source["look"](moved).astype(np.float32)
     blended = frames.astype(np.float32) * (1 - mask) + pasted * mask
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8), source["look"](mouths)
+    return np.clip(blended + 0.5, 0, 255).astype(np.uint8), None if mouths is None else source["look"](mouths)
 
 
 def _blend_source(rng: np.random.Generator) -> dict:

@@ -65,6 +65,7 @@ class TrainerState:
     history: list[dict] = field(default_factory=list)  # one validation record per epoch
     mlflow_run_id: str | None = None
     steps_per_epoch: int = 0
+    face_pretrain: dict | None = None  # what the face pretraining stage measured (train.face_pretrain)
 
 
 def state_root(out: str | Path) -> Path:

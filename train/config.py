@@ -65,6 +65,20 @@ class DataConfig(InputConfig):
 
 
 @dataclass
+class FacePretrainConfig:
+    # A first stage of a run (train.face_pretrain): the face encoder alone, with a temporary linear head, learns
+    # genuine against self-blended faces on frame pairs of the genuine training clips, each pair blended with its
+    # own draw. 0 steps: off. Skipped when --resume finds a saved state.
+    steps: int = 0
+    batch_size: int = 32  # frame pairs per step
+    blend: float = 0.5  # share of the pairs that are self-blended
+    pairs_per_clip: int = 4  # pairs taken from one clip (consecutive frames of a window)
+    lr: float = 1.0e-3  # AdamW, constant
+    weight_decay: float = 0.05
+    log_every_steps: int = 100
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     steps_per_epoch: int = 0  # optimizer steps per epoch; 0: one pass worth of clips (from the shard counts)
@@ -92,6 +106,7 @@ class TrainConfig:
     tf32: bool = True  # CUDA: TF32 tensor cores for the matmuls and convolutions that stay in float32
     compile: bool = False  # torch.compile the model in place (nn.Module.compile: checkpoints keep their keys)
     compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": tracing without code generation)
+    face_pretrain: FacePretrainConfig = field(default_factory=FacePretrainConfig)
 
 
 @dataclass
@@ -221,6 +236,17 @@ def validate(cfg: Config, source: str) -> None:
     blend, vocode = cfg.data.augment.self_blend, cfg.data.augment.self_vocode
     need(blend >= 0 and vocode >= 0 and blend + vocode <= 1.0, "data.augment.self_blend and self_vocode are "
          "chances of one genuine clip: each >= 0, together <= 1")
+    pre = cfg.train.face_pretrain
+    need(pre.steps >= 0, "train.face_pretrain.steps must be >= 0 (0: no face pretraining)")
+    if pre.steps:
+        need(cfg.model.name == "av_transformer", f"train.face_pretrain trains the face encoder of av_transformer; "
+             f"model {cfg.model.name!r} has none: set train.face_pretrain.steps=0")
+        need(pre.batch_size >= 2 and pre.pairs_per_clip >= 1, "train.face_pretrain.batch_size must be >= 2 and "
+             "pairs_per_clip >= 1")
+        need(0.0 < pre.blend < 1.0, "train.face_pretrain.blend is the share of blended pairs: in (0, 1)")
+    if cfg.model.blend_head:
+        need(cfg.loss.blend > 0 and blend > 0, "model.blend_head learns from self-blended clips: it needs "
+             "loss.blend > 0 and data.augment.self_blend > 0")
     for name in PRETRAINED_FIELDS:
         if str(getattr(cfg.model, name)).lower() == "none":  # `pretrained: none`: train from scratch, explicitly
             setattr(cfg.model, name, None)

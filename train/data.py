@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 from competition import CATEGORIES
 from models.batch import Augment, collate, prepare
@@ -152,11 +152,6 @@ def steps_per_epoch(cfg: Config, n_train: int, world_size: int) -> int:
 
 
 # --- streams --------------------------------------------------------------------------------------------------
-def _worker() -> tuple[int, int]:
-    info = get_worker_info()
-    return (info.id, info.num_workers) if info is not None else (0, 1)
-
-
 def _worker_init(_: int) -> None:
     import cv2
 
@@ -175,7 +170,7 @@ class TrainStream(IterableDataset):
         self.rank, self.world_size, self.skip_batches, self.counts = rank, world_size, skip_batches, counts
 
     def __iter__(self) -> Iterator[dict]:
-        worker, workers = _worker()
+        worker, workers = reader.worker_slot()
         # The DataLoader takes batch j from worker j % workers, so this worker's share of the skipped batches is:
         skip = max(0, math.ceil((self.skip_batches - worker) / workers))
         cfg, bs = self.cfg, self.cfg.train.batch_size
@@ -214,7 +209,7 @@ class EvalStream(IterableDataset):
             yield collate(batch)
 
 
-def _loader(dataset: IterableDataset, workers: int, seed: int) -> DataLoader:
+def make_loader(dataset: IterableDataset, workers: int, seed: int) -> DataLoader:
     # An own generator: creating the iterator must not draw from the global torch RNG (exact resume).
     return DataLoader(dataset, batch_size=None, num_workers=workers, worker_init_fn=_worker_init,
                       generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
@@ -224,9 +219,9 @@ def _loader(dataset: IterableDataset, workers: int, seed: int) -> DataLoader:
 def train_loader(urls: list[str], cfg: Config, epoch: int, rank: int, world_size: int, skip_batches: int = 0,
                  counts: dict[int, int] | None = None) -> DataLoader:
     """Batches of one training epoch (the caller takes steps_per_epoch * grad_accum of them)."""
-    return _loader(TrainStream(urls, cfg, epoch, rank, world_size, skip_batches, counts), cfg.data.workers,
+    return make_loader(TrainStream(urls, cfg, epoch, rank, world_size, skip_batches, counts), cfg.data.workers,
                    seed=cfg.train.seed + epoch)
 
 
 def eval_loader(urls: list[str], cfg: Config, rank: int, world_size: int) -> DataLoader:
-    return _loader(EvalStream(urls, cfg, rank, world_size), cfg.data.workers, seed=cfg.train.seed)
+    return make_loader(EvalStream(urls, cfg, rank, world_size), cfg.data.workers, seed=cfg.train.seed)

@@ -47,6 +47,7 @@ from train.data import (
     steps_per_epoch,
     train_loader,
 )
+from train.face_pretrain import pretrain_face
 from train.parts import (
     EMA,
     build_optimizer,
@@ -176,6 +177,10 @@ def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
         torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest convolution kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     model.to(accelerator.device)
+    state = checkpoint.latest_state(out) if args.resume else None
+    face_pretrain = None
+    if cfg.train.face_pretrain.steps and state is None:
+        face_pretrain = pretrain_face(model, train_urls, cfg, accelerator)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, spe))
     ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema else None
@@ -188,8 +193,7 @@ def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
         accelerator.register_for_checkpointing(ema)
     unwrapped = accelerator.unwrap_model(model)
 
-    trainer = TrainerState(steps_per_epoch=spe)
-    state = checkpoint.latest_state(out) if args.resume else None
+    trainer = TrainerState(steps_per_epoch=spe, face_pretrain=face_pretrain)
     if args.resume and state is None:
         log.warning("--resume: no saved state in %s; starting from scratch", checkpoint.state_root(out))
     if state is not None:
@@ -212,11 +216,16 @@ def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
         tracker.set_tags({"code_version": checkpoint.version_tag(version), "git_commit": str(version["git_commit"]),
                           "git_dirty": str(version["git_dirty"]), "source_sha256": version["source_sha256"],
                           "model": cfg.model.name, "config_file": str(args.config)})
+        for row in (face_pretrain or {}).get("history", []):
+            tracker.log_metrics({"face_pretrain/loss": row["loss"], "face_pretrain/accuracy": row["accuracy"]},
+                                step=row["step"])
 
     summary = {"params": sizes, "code_version": version, "class_counts": counts, "world_size": world,
                "distributed_type": str(accelerator.distributed_type.value), "device": str(accelerator.device),
                "mixed_precision": accelerator.mixed_precision, "param_dtype": str(next(unwrapped.parameters()).dtype),
                "model_wrapper": type(model).__name__}
+    if trainer.face_pretrain is not None:
+        summary["face_pretrain"] = trainer.face_pretrain
     job = Job(cfg, out, accelerator, model, unwrapped, optimizer, scheduler, ema, tracker, train_urls, val_urls,
               summary)
     return job, trainer

@@ -58,6 +58,26 @@ def test_sync_loss_reads_the_clips_marked_in_sync(tiny):
     assert torch.isfinite(model.loss(out, batch)[1]["sync"])
 
 
+def test_blend_head_learns_from_genuine_and_self_blended_faces_only():
+    torch.manual_seed(0)
+    cfg = load_config(TINY, ["model.blend_head=true", "loss.blend=0.5", "data.augment.self_blend=0.3"])
+    model = create_model(cfg)
+    batch = example_batch(cfg.data, 3)
+    batch["blend_label"] = torch.tensor([0, 1, -1])  # genuine, self-blended, a real fake
+    batch["visual_mask"][0, 3:] = False
+    out = model(batch)
+    mask = batch["visual_mask"].float()
+    expected = (out["blend_token_logits"] * mask).sum(1) / mask.sum(1)
+    assert torch.allclose(out["blend_logit"], expected)
+    _, parts = model.loss(out, batch)
+    assert "blend" in parts
+    # the fused head reads the blend score detached: the main loss does not train the blend head
+    assert torch.autograd.grad(parts["main"], model.blend_head.weight, allow_unused=True)[0] is None
+    per_frame = torch.autograd.grad(parts["blend"], out["blend_token_logits"])[0]
+    assert (per_frame[2] == 0).all() and (per_frame[0, 3:] == 0).all()  # real fakes and masked frames: no loss
+    assert (per_frame[0, :3] != 0).all() and (per_frame[1] != 0).all()
+
+
 @torch.no_grad()
 def test_missing_modality_is_masked_not_zeroed(tiny):
     model, cfg = tiny

@@ -77,10 +77,14 @@ def test_unknown_section_and_unknown_override():
     ("log.mlflow=maybe", "expected true/false"),
     ("train.optimizer=sgd", "not one of"),
     ("model.dim=65", "divisible by model.heads"),
+    ("model.blend_head=true", "model.blend_head learns from self-blended clips"),
+    ("train.face_pretrain.steps=-1", "train.face_pretrain.steps must be >= 0"),
+    ("train.face_pretrain.steps=10 train.face_pretrain.blend=1.0", "share of blended pairs"),
+    ("train.face_pretrain.steps=10 model.name=seed_baseline", "model 'seed_baseline' has none"),
 ])
 def test_type_and_value_errors(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(ROOT / "configs" / "tiny.yaml", [override])
+        load_config(ROOT / "configs" / "tiny.yaml", override.split())
 
 
 def test_type_error_in_yaml_names_the_file(tmp_path):

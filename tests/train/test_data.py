@@ -93,11 +93,13 @@ def test_self_blend_makes_a_visual_fake_of_a_genuine_clip(cfg):
     genuine, fake = sample(7, 0), sample(8, 1)
     out = prepare_train(genuine, blend, np.random.default_rng(0))
     assert (out["label"], out["visual_label"], out["audio_label"]) == (1, 1, 0)
-    assert out["in_sync"]  # the synchrony loss still reads it
-    assert not prepare_train(fake, blend, np.random.default_rng(0))["in_sync"]
-    assert prepare_train(fake, blend, np.random.default_rng(0))["label"] == 1
+    assert out["in_sync"] and out["blend_label"] == 1  # the synchrony loss and the blend head read it
+    real_fake = prepare_train(fake, blend, np.random.default_rng(0))
+    assert real_fake["label"] == 1 and not real_fake["in_sync"]
+    assert real_fake["blend_label"] == -1  # a real fake never reaches the blend head
     untouched = prepare_train(genuine, cfg, np.random.default_rng(0))
     assert (untouched["label"], untouched["visual_label"], untouched["audio_label"]) == (0, 0, 0)
+    assert untouched["blend_label"] == 0
 
 
 def test_self_vocode_makes_an_audio_fake_of_a_genuine_clip():
@@ -106,6 +108,7 @@ def test_self_vocode_makes_an_audio_fake_of_a_genuine_clip():
     genuine = sample(9, 0)
     out = prepare_train(genuine, vocode, np.random.default_rng(0))
     assert (out["label"], out["visual_label"], out["audio_label"]) == (1, 0, 1) and out["in_sync"]
+    assert out["blend_label"] == -1
     assert out["audio_length"] == genuine["audio"].numel()
 
 

@@ -31,7 +31,8 @@ from models.checkpoint import load_for_inference
 from tests.train.conftest import ROOT, TINY_TEST_OVERRIDES, decoded, run_cli, train_cmd
 from train.parts import optimizer_kernel
 
-COMMON = ["log.mlflow=false", "log.plots=false"]  # MLflow and plots are covered in test_training.py
+# MLflow and plots are covered in test_training.py; every process runs the face pretraining stage
+COMMON = ["log.mlflow=false", "log.plots=false", "train.face_pretrain.steps=2", "train.face_pretrain.batch_size=4"]
 # fp32, two micro-batches per step and EMA: what the DeepSpeed config must get right to match DDP
 FP32 = [*COMMON, "train.mixed_precision=no", "train.batch_size=2", "train.grad_accum=2", "train.ema=true",
         "train.ema_decay=0.5"]

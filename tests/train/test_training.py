@@ -19,9 +19,12 @@ from competition import compute_metrics
 from models.checkpoint import load_for_inference
 from tests.train.conftest import ROOT, TINY_TEST_OVERRIDES, run_cli, train_cmd
 
-# dropout, EMA, a worker process and gradient accumulation: everything exact resumption has to get right
+# dropout, EMA, a worker process and gradient accumulation: everything exact resumption has to get right; and the
+# face pretraining stage (skipped on --resume) and the blend head
 RUN_ARGS = ["data.workers=1", "model.dropout=0.1", "train.ema=true", "train.ema_decay=0.5", "train.grad_accum=2",
-            "train.save_every_steps=2", "train.batch_size=2"]
+            "train.save_every_steps=2", "train.batch_size=2", "train.face_pretrain.steps=4",
+            "train.face_pretrain.batch_size=4", "train.face_pretrain.log_every_steps=2", "model.blend_head=true",
+            "loss.blend=0.5", "data.augment.self_blend=0.3"]
 STEPS = 6  # 2 epochs x 3 steps
 
 
@@ -53,13 +56,16 @@ def test_run_outputs(full_run):
         assert epoch["n"] == epoch["n_evaluated"] == 11  # every validation clip exactly once
     info = json.loads((full_run / "best" / "info.json").read_text())
     assert info["code_version"]["source_sha256"] and info["metrics"]["auc"] == metrics["best"]["auc"]
+    pretrain = metrics["face_pretrain"]
+    assert pretrain["steps"] == 4 and [row["step"] for row in pretrain["history"]] == [2, 4]
 
 
 def test_resume_after_stop_reproduces_the_uninterrupted_run(full_run, tiny_shards, tmp_path):
     out = tmp_path / "stopped"
     run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, "train.stop_after_steps=4"))  # mid-epoch 2
     assert max(step_losses(out)) == 4
-    run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, "--resume"))
+    resumed = run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, "--resume"))
+    assert "face pretraining" not in resumed.stderr  # the saved state holds the pretrained encoder
     expected, got = step_losses(full_run), step_losses(out)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):

@@ -1,0 +1,89 @@
+"""The face encoder's self-blend pretraining stage (train.face_pretrain): its frame pairs and what it trains.
+The stage inside `python -m train` (metrics.json, skipped on --resume) is covered by test_training.py."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from models import create_model
+from shards import reader
+from tests.train.conftest import TINY_TEST_OVERRIDES, WINDOW_FRAMES, decoded, make_sample
+from train.config import load_config
+from train.face_pretrain import BlendPairs, clip_pairs, pretrain_face
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def config(*extra: str):
+    return load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, "model.face_motion=true",
+                                                        "train.face_pretrain.steps=3",
+                                                        "train.face_pretrain.batch_size=4", *extra])
+
+
+def genuine_clip(index: int = 0) -> dict:
+    return decoded(make_sample(index, 0, np.random.default_rng(index)))
+
+
+def test_pairs_are_consecutive_frames_of_one_window_with_a_face():
+    cfg = config("data.augment.enabled=false")
+    cfg.train.face_pretrain.blend = 0.0  # no pair blended: each is the clip's own frames
+    clip = genuine_clip()
+    clip["meta"]["boxes"][2] = None  # window 1's first frame has no face: its pair (frames 2-3) is left out
+    pairs = clip_pairs(clip, cfg, np.random.default_rng(0))
+    frames = np.asarray(clip["frames"])
+    assert len(pairs) == 1 and pairs[0][1] == 0
+    assert np.array_equal(pairs[0][0], frames[0:WINDOW_FRAMES])  # window 0: frames 0 and 1, never across windows
+    clip["has_face"] = False
+    assert clip_pairs(clip, cfg, np.random.default_rng(0)) == []
+
+
+def test_blended_pairs_are_labelled_and_differ_from_the_clip():
+    cfg = config("data.augment.enabled=false", "train.face_pretrain.blend=0.999")
+    clip = genuine_clip(1)
+    pairs = clip_pairs(clip, cfg, np.random.default_rng(0))
+    frames = np.asarray(clip["frames"])
+    assert [label for _, label in pairs] == [1, 1]
+    for (pair, _), start in zip(pairs, (0, 2), strict=True):
+        assert pair.shape == frames[start:start + 2].shape and pair.dtype == np.uint8
+        assert np.abs(pair.astype(int) - frames[start:start + 2]).mean() > 1
+
+
+def test_stream_reads_genuine_clips_only(tiny_shards):
+    cfg = config("train.face_pretrain.pairs_per_clip=1")
+    urls = reader.list_shards(tiny_shards["train"])
+    genuine = sum(1 for s in reader.make_dataset(urls, only_label=0))
+    assert genuine == 8 and all(s["label"] == 0 for s in reader.make_dataset(urls, only_label=0))
+    pairs, labels = next(iter(BlendPairs(urls, cfg)))
+    assert pairs.shape == (4, 2, 3, cfg.data.size, cfg.data.size) and pairs.dtype == torch.uint8
+    assert set(labels.tolist()) <= {0.0, 1.0}
+
+
+def test_stage_trains_the_face_encoder_alone(tiny_shards):
+    cfg = config()
+    torch.manual_seed(0)
+    model = create_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng_state = torch.get_rng_state()
+    cpu = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext, is_main_process=True)
+    result = pretrain_face(model, reader.list_shards(tiny_shards["train"]), cfg, cpu)
+    assert result["steps"] == 3 and result["history"][-1]["step"] == 3
+    assert 0.0 <= result["history"][-1]["accuracy"] <= 1.0
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("face.net.") for k in changed), sorted(changed)
+    # the main training draws the same random numbers as a run without the stage
+    assert torch.equal(torch.get_rng_state(), rng_state)
+
+
+def test_windows_of_one_frame_give_single_frames():
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, "data.window_frames=1",
+                                                       "data.windows=4", "data.augment.enabled=false"])
+    cfg.train.face_pretrain.blend = 0.0
+    clip = genuine_clip(2)
+    pairs = clip_pairs(clip, cfg, np.random.default_rng(0))
+    assert len(pairs) == 4 and all(pair.shape[0] == 1 for pair, _ in pairs)
