@@ -22,6 +22,10 @@ peak at shift 0. ``sync_score`` is that evidence per clip (mean over windows of 
 0 = chance, > 0 = in sync), which the fused head also reads; ``sync`` is the per-frame curve S[k, k].
 ``visual_token_logits`` / ``audio_token_logits`` score each frame (face and lips averaged for the visual one) and
 ``cls_attention`` is the last block's CLS attention over the 3T tokens (heads averaged).
+
+Blend head (``model.blend_head``): a linear head on each frame's face token, trained by ``loss.blend`` on genuine
+clips against self-blended faces only (``blend_label``; the real fakes never reach it). ``blend_token_logits``
+[B, T] and their mean over the clip's faces, ``blend_logit``, which the fused head reads detached.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ them, bytes per extension) into the reader's output::
 Samples of another format (format 1 had T frames spread over the clip, no mouths) are refused with a message that
 says to repack.
 
+``decode_meta`` / ``decode_faces`` read the json alone and chosen face crops (the face pretraining stage).
 ``clip_to_sample(clip, label)`` = ``decode(encode(clip, ...))``: inference sees exactly what training saw,
 JPEG round trip included. Encoding is deterministic (same clip -> same bytes).
 """
@@ -94,21 +95,11 @@ def decode(sample: dict) -> dict:
     """Raw WebDataset sample (bytes per extension) -> the reader's output dict (see the module doc)."""
     import torch
 
-    key = sample.get("__key__", "?")
-    if "json" not in sample:
-        raise ValueError(f"sample {key} ({sample.get('__url__', '?')}) has no .json member: not a shards sample")
-    meta = json.loads(sample["json"])
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"sample {key} ({sample.get('__url__', '?')}) is shard format {meta.get('format', 1)}, this "
-                         f"code reads format {FORMAT} (windows of consecutive frames with mouth crops): repack the "
-                         "videos with `python -m shards.pack` into a new folder")
+    meta = decode_meta(sample)
     count = int(meta["frames"])
     names = [FRAME_EXT.format(i) for i in range(count)]
     mouth_names = [MOUTH_EXT.format(i) for i in range(count)]
-    missing = [n for n in names + mouth_names + [AUDIO_EXT] if n not in sample]
-    if missing:
-        raise ValueError(f"sample {key} ({sample.get('__url__', '?')}) lacks members {missing}: the shard is "
-                         "damaged or from another tool; repack it with `python -m shards.pack`")
+    _check_members(sample, names + mouth_names + [AUDIO_EXT])
     frames = np.stack([decode_jpeg(sample[n]) for n in names])
     mouths = np.stack([decode_jpeg(sample[n]) for n in mouth_names])
     pcm = decode_npy(sample[AUDIO_EXT])
@@ -118,11 +109,38 @@ def decode(sample: dict) -> dict:
         "mouths": torch.from_numpy(mouths).permute(0, 3, 1, 2).contiguous(),
         "audio": torch.from_numpy(pcm.astype(np.float32) / 32768.0),
         "label": -1 if label is None else int(label),
-        "key": meta.get("video_name", key),
+        "key": meta.get("video_name", sample.get("__key__", "?")),
         "has_face": bool(meta.get("has_face", False)),
         "has_audio": bool(meta.get("has_audio", False)),
         "meta": meta,
     }
+
+
+def decode_meta(sample: dict) -> dict:
+    """The json of a raw sample, refused unless it is of this code's format."""
+    key = sample.get("__key__", "?")
+    if "json" not in sample:
+        raise ValueError(f"sample {key} ({sample.get('__url__', '?')}) has no .json member: not a shards sample")
+    meta = json.loads(sample["json"])
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"sample {key} ({sample.get('__url__', '?')}) is shard format {meta.get('format', 1)}, this "
+                         f"code reads format {FORMAT} (windows of consecutive frames with mouth crops): repack the "
+                         "videos with `python -m shards.pack` into a new folder")
+    return meta
+
+
+def decode_faces(sample: dict, indices: list[int]) -> np.ndarray:
+    """Some face crops of a raw sample, uint8 RGB [len(indices), S, S, 3], without decoding the rest."""
+    names = [FRAME_EXT.format(i) for i in indices]
+    _check_members(sample, names)
+    return np.stack([decode_jpeg(sample[n]) for n in names])
+
+
+def _check_members(sample: dict, names: list[str]) -> None:
+    missing = [n for n in names if n not in sample]
+    if missing:
+        raise ValueError(f"sample {sample.get('__key__', '?')} ({sample.get('__url__', '?')}) lacks members "
+                         f"{missing}: the shard is damaged or from another tool; repack it with `python -m shards.pack`")
 
 
 def clip_to_sample(clip: Clip, label: int | None = None) -> dict:

@@ -29,6 +29,7 @@ from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
 from shards import reader
+from shards.format import decode_faces, decode_meta
 from train.augment import augment_frames, self_blend
 from train.config import Config
 from train.data import make_loader
@@ -43,19 +44,20 @@ def pair_length(cfg: Config) -> int:
 
 def clip_pairs(sample: dict, cfg: Config, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
     """Up to ``pairs_per_clip`` pairs of consecutive frames of one genuine clip (both with a face box, within one
-    window) as (uint8 [L, 3, S, S], 1 if self-blended else 0)."""
+    window) as (uint8 [L, 3, S, S], 1 if self-blended else 0). ``sample`` holds the raw tar members: only the
+    chosen face crops are decoded."""
     pre, aug = cfg.train.face_pretrain, cfg.data.augment
-    if not sample.get("has_face", True):
+    meta = decode_meta(sample)
+    if not meta.get("has_face", False):
         return []
-    frames = np.asarray(sample["frames"]).transpose(0, 2, 3, 1)  # [T, S, S, 3]
-    t, k, length = frames.shape[0], cfg.data.window_frames, pair_length(cfg)
-    boxes = (sample.get("meta") or {}).get("boxes") or [True] * t
+    t, k, length = int(meta["frames"]), cfg.data.window_frames, pair_length(cfg)
+    boxes = meta.get("boxes") or [True] * t
     ends = [i for i in range(t) if i % k >= length - 1 and all(b is not None for b in boxes[i - length + 1:i + 1])]
     if not ends:
         return []
     out = []
     for end in sorted(rng.choice(ends, size=min(pre.pairs_per_clip, len(ends)), replace=False)):
-        pair = np.ascontiguousarray(frames[end - length + 1:end + 1])
+        pair = decode_faces(sample, list(range(end - length + 1, end + 1)))
         blended = int(rng.random() < pre.blend)
         if blended:
             pair, _ = self_blend(pair, None, rng)
@@ -77,7 +79,8 @@ class BlendPairs(IterableDataset):
         cfg, size = self.cfg, self.cfg.train.face_pretrain.batch_size
         worker, _ = reader.worker_slot()
         clips = reader.make_dataset(self.urls, mode="train", seed=cfg.train.seed, epoch=0,
-                                    shuffle_buffer=cfg.data.shuffle_buffer, rank=0, world_size=1, only_label=0)
+                                    shuffle_buffer=cfg.data.shuffle_buffer, rank=0, world_size=1, only_label=0,
+                                    decode=False)
         pairs: list[np.ndarray] = []
         labels: list[int] = []
         for index, sample in enumerate(clips):

@@ -4,10 +4,12 @@ The stage inside `python -m train` (metrics.json, skipped on --resume) is covere
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 from models import create_model
@@ -25,32 +27,44 @@ def config(*extra: str):
                                                         "train.face_pretrain.batch_size=4", *extra])
 
 
-def genuine_clip(index: int = 0) -> dict:
-    return decoded(make_sample(index, 0, np.random.default_rng(index)))
+def genuine_clip(index: int = 0, **meta_changes) -> dict:
+    """A genuine sample's raw tar members (what the stage reads), its json changed by ``meta_changes``."""
+    raw = make_sample(index, 0, np.random.default_rng(index))
+    raw["json"] = json.dumps({**json.loads(raw["json"]), **meta_changes}).encode()
+    return raw
+
+
+def faces(raw: dict) -> np.ndarray:
+    return np.asarray(decoded(raw)["frames"])
 
 
 def test_pairs_are_consecutive_frames_of_one_window_with_a_face():
     cfg = config("data.augment.enabled=false")
     cfg.train.face_pretrain.blend = 0.0  # no pair blended: each is the clip's own frames
-    clip = genuine_clip()
-    clip["meta"]["boxes"][2] = None  # window 1's first frame has no face: its pair (frames 2-3) is left out
+    boxes = [[0, 0, 32, 32]] * 4
+    boxes[2] = None  # window 1's first frame has no face: its pair (frames 2-3) is left out
+    clip = genuine_clip(0, boxes=boxes)
     pairs = clip_pairs(clip, cfg, np.random.default_rng(0))
-    frames = np.asarray(clip["frames"])
     assert len(pairs) == 1 and pairs[0][1] == 0
-    assert np.array_equal(pairs[0][0], frames[0:WINDOW_FRAMES])  # window 0: frames 0 and 1, never across windows
-    clip["has_face"] = False
-    assert clip_pairs(clip, cfg, np.random.default_rng(0)) == []
+    assert np.array_equal(pairs[0][0], faces(clip)[0:WINDOW_FRAMES])  # window 0: frames 0 and 1, never across
+    assert clip_pairs(genuine_clip(0, has_face=False), cfg, np.random.default_rng(0)) == []
 
 
 def test_blended_pairs_are_labelled_and_differ_from_the_clip():
     cfg = config("data.augment.enabled=false", "train.face_pretrain.blend=0.999")
     clip = genuine_clip(1)
     pairs = clip_pairs(clip, cfg, np.random.default_rng(0))
-    frames = np.asarray(clip["frames"])
+    frames = faces(clip)
     assert [label for _, label in pairs] == [1, 1]
     for (pair, _), start in zip(pairs, (0, 2), strict=True):
         assert pair.shape == frames[start:start + 2].shape and pair.dtype == np.uint8
         assert np.abs(pair.astype(int) - frames[start:start + 2]).mean() > 1
+
+
+def test_old_shards_are_refused():
+    cfg = config()
+    with pytest.raises(ValueError, match="repack"):
+        clip_pairs(genuine_clip(0, format=1), cfg, np.random.default_rng(0))
 
 
 def test_stream_reads_genuine_clips_only(tiny_shards):
@@ -84,6 +98,5 @@ def test_windows_of_one_frame_give_single_frames():
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, "data.window_frames=1",
                                                        "data.windows=4", "data.augment.enabled=false"])
     cfg.train.face_pretrain.blend = 0.0
-    clip = genuine_clip(2)
-    pairs = clip_pairs(clip, cfg, np.random.default_rng(0))
+    pairs = clip_pairs(genuine_clip(2), cfg, np.random.default_rng(0))
     assert len(pairs) == 4 and all(pair.shape[0] == 1 for pair, _ in pairs)
