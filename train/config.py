@@ -99,6 +99,9 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.999
     seed: int = 0
+    # which validation epoch's weights become best/: "auc" the highest validation AUC, "last" the final epoch's
+    # (with a few dozen validation fakes the highest AUC is a noisy pick; see README "Generality protocol")
+    select: Literal["auc", "last"] = "auc"
     save_every_steps: int = 200  # full training state (for --resume); also saved at every epoch end
     stop_after_steps: int = 0  # stop (after saving the state) at this global step; 0: run all epochs
     log_every_steps: int = 10

@@ -5,8 +5,8 @@
     python -m train ...   (one process; `train/main.py` is the same command as a file path)
 
 Writes into --out: config.yaml, train_log.jsonl (per-step loss), metrics.json (best/final validation metrics),
-best/ (model.safetensors + config.yaml + info.json; see models.checkpoint), state/ (full state for --resume),
-plots/, and the MLflow store mlflow.db + mlartifacts/ (or MLFLOW_TRACKING_URI).
+best/ (the epoch chosen by ``train.select``: model.safetensors + config.yaml + info.json; see models.checkpoint),
+state/ (full state for --resume), plots/, and the MLflow store mlflow.db + mlartifacts/ (or MLFLOW_TRACKING_URI).
 
 ``setup`` builds a ``Job`` (accelerator, wrapped model, optimizer, schedule, EMA, tracker, shard lists) and the
 ``TrainerState`` (where the run is; restored by --resume); ``train_epochs`` is the loop.
@@ -134,6 +134,12 @@ def evaluate(model: torch.nn.Module, cfg: Config, urls: list[str], accelerator) 
 def selection_score(metrics: dict) -> float:
     """Best checkpoint by AUC; by lowest log-loss when AUC is undefined (single-class validation)."""
     return metrics["auc"] if metrics.get("auc") is not None else -metrics["log_loss"]
+
+
+def is_selected(metrics: dict, best: dict | None, rule: str) -> bool:
+    """Whether this validation epoch's weights replace best/ under ``train.select``: every epoch with "last",
+    a higher ``selection_score`` with "auc"."""
+    return best is None or rule == "last" or selection_score(metrics) > selection_score(best)
 
 
 
@@ -308,8 +314,7 @@ def train_epochs(job: Job, trainer: TrainerState) -> dict:
                 write_predictions(out / "val_predictions.csv", rows)
             tracker.log_metrics({f"val/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
                                 | {"epoch": epoch + 1}, step=trainer.global_step)
-            best = trainer.best
-            if best is None or selection_score(metrics) > selection_score(best):
+            if is_selected(metrics, trainer.best, cfg.train.select):
                 trainer.best = record
                 state_dict = eval_model.state_dict() if ema is not None else accelerator.get_state_dict(model)
                 if main_process:
@@ -321,7 +326,8 @@ def train_epochs(job: Job, trainer: TrainerState) -> dict:
                         labels = np.array([r[1] for r in rows if r[1] >= 0])
                         for path in save_plots(labels, scores, out / "plots", f"validation, epoch {epoch + 1}"):
                             tracker.log_artifact(path, "plots")
-                    log.info("new best (auc %s) saved to %s", metrics.get("auc"), out / "best")
+                    log.info("epoch %d (auc %s) saved to %s (train.select: %s)", epoch + 1, metrics.get("auc"),
+                             out / "best", cfg.train.select)
                 accelerator.wait_for_everyone()
             trainer.evaluated = True
             checkpoint.save_state(accelerator, out, trainer)

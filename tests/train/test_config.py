@@ -76,6 +76,7 @@ def test_unknown_section_and_unknown_override():
     ("train.lr=fast", "expected a number"),
     ("log.mlflow=maybe", "expected true/false"),
     ("train.optimizer=sgd", "not one of"),
+    ("train.select=best", "not one of"),
     ("model.dim=65", "divisible by model.heads"),
     ("model.blend_head=true", "model.blend_head learns from self-blended clips"),
     ("train.face_pretrain.steps=-1", "train.face_pretrain.steps must be >= 0"),

@@ -18,6 +18,7 @@ import torch
 from competition import compute_metrics
 from models.checkpoint import load_for_inference
 from tests.train.conftest import ROOT, TINY_TEST_OVERRIDES, run_cli, train_cmd
+from train.loop import is_selected
 
 # dropout, EMA, a worker process and gradient accumulation: everything exact resumption has to get right; and the
 # face pretraining stage (skipped on --resume) and the blend head
@@ -62,17 +63,28 @@ def test_run_outputs(full_run):
 
 def test_resume_after_stop_reproduces_the_uninterrupted_run(full_run, tiny_shards, tmp_path):
     out = tmp_path / "stopped"
-    run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, "train.stop_after_steps=4"))  # mid-epoch 2
+    last = "train.select=last"  # changes which epoch lands in best/, not the losses
+    run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, last, "train.stop_after_steps=4"))  # mid-epoch 2
     assert max(step_losses(out)) == 4
-    resumed = run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, "--resume"))
+    resumed = run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, last, "--resume"))
     assert "face pretraining" not in resumed.stderr  # the saved state holds the pretrained encoder
     expected, got = step_losses(full_run), step_losses(out)
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert got[step] == pytest.approx(expected[step], abs=1e-6), step
-    final = json.loads((out / "metrics.json").read_text())["final"]
+    metrics = json.loads((out / "metrics.json").read_text())
     reference = json.loads((full_run / "metrics.json").read_text())["final"]
-    assert final["log_loss"] == pytest.approx(reference["log_loss"], abs=1e-6)
+    assert metrics["final"]["log_loss"] == pytest.approx(reference["log_loss"], abs=1e-6)
+    assert metrics["best"] == metrics["final"]  # train.select=last
+    assert json.loads((out / "best" / "info.json").read_text())["epoch"] == 2
+
+
+def test_select_rule():
+    first, worse, undefined = {"auc": 0.8, "log_loss": 0.5}, {"auc": 0.7, "log_loss": 0.4}, {"auc": None, "log_loss": 0.3}
+    assert is_selected(first, None, "auc") and is_selected(first, None, "last")
+    assert not is_selected(worse, first, "auc") and is_selected(worse, first, "last")
+    assert not is_selected(dict(first), first, "auc")  # a tie keeps the earlier epoch
+    assert is_selected(undefined, {"auc": None, "log_loss": 0.4}, "auc")  # single-class validation: log-loss
 
 
 def test_resume_after_kill_9(full_run, tiny_shards, tmp_path):
