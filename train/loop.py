@@ -142,7 +142,6 @@ def is_selected(metrics: dict, best: dict | None, rule: str) -> bool:
     return best is None or rule == "last" or selection_score(metrics) > selection_score(best)
 
 
-
 def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
     """Config, accelerator, data, model, optimizer, tracker and (with --resume) the saved state."""
     args, overrides = parse_args(argv)
