@@ -26,6 +26,10 @@ peak at shift 0. ``sync_score`` is that evidence per clip (mean over windows of 
 Blend head (``model.blend_head``): a linear head on each frame's face token, trained by ``loss.blend`` on genuine
 clips against self-blended faces only (``blend_label``; the real fakes never reach it). ``blend_token_logits``
 [B, T] and their mean over the clip's faces, ``blend_logit``, which the fused head reads detached.
+
+Voice head (``model.voice_head``): a linear head on the mean of the clip voice tokens, trained by ``loss.voice`` on
+the audio label, so the voice encoder learns from the labels directly and not only through the fusion transformer;
+its ``voice_logit`` (0 for a clip without audio) joins the fused head detached, as the blend score does.
 """
 
 from __future__ import annotations
@@ -153,8 +157,9 @@ class AVTransformer(nn.Module):
         self.norm = nn.LayerNorm(d)
         # per frame: genuine face or self-blended one (model.blend_head; trained by loss.blend on those clips only)
         self.blend_head = nn.Linear(d, 1) if m.blend_head else None
-        # the fused head also reads the clip's sync evidence, whether it has any, and its detached blend score
-        self.head = nn.Linear(d + 2 + int(m.blend_head), 1)
+        self.voice_head = nn.Linear(d, 1) if m.voice_head else None  # the clip voice tokens' own audio-fake head
+        # the fused head also reads the clip's sync evidence, whether it has any, and the detached blend / voice scores
+        self.head = nn.Linear(d + 2 + int(m.blend_head) + int(m.voice_head), 1)
         self.audio_head = nn.Linear(d, 1)
         self.visual_head = nn.Linear(d, 1)
         self.token_head = nn.Linear(d, 1)
@@ -167,7 +172,7 @@ class AVTransformer(nn.Module):
             nn.init.trunc_normal_(p, std=0.02)
         for module in [self.face.proj, self.mouth.proj, self.lip_motion, self.voice, self.voice_motion, self.blocks,
                        self.norm, self.head, self.audio_head, self.visual_head, self.token_head, self.sync_lips,
-                       self.sync_voice, self.blend_head or nn.Identity()]:
+                       self.sync_voice, self.blend_head or nn.Identity(), self.voice_head or nn.Identity()]:
             module.apply(_init_weights)
         if self.clip_voice is not None:
             nn.init.trunc_normal_(self.clip_voice_embed, std=0.02)
@@ -216,6 +221,7 @@ class AVTransformer(nn.Module):
         cls = torch.ones(b, 1, dtype=torch.bool, device=frames.device)
         none = torch.zeros_like(vmask)
         clip_mask = torch.zeros(b, 0, dtype=torch.bool, device=frames.device)
+        clip_tokens = None
         if self.clip_voice is not None:  # the whole clip's voice: tokens after the 3T frame tokens
             clip_tokens, clip_mask = self.clip_voice(batch["audio"], batch["audio_length"])
             clip_mask = clip_mask & amask.any(1, keepdim=True)  # no audio token: no clip voice either
@@ -236,11 +242,14 @@ class AVTransformer(nn.Module):
         shift_logits = self.shift_logits(sync_matrix, pairs)  # [B, W, 2D + 1]
         sync_score, has_pairs = self.sync_evidence(shift_logits, pairs)
         evidence = [sync_score, has_pairs]
-        blend = {}
+        heads = {}  # the optional blend and voice heads
         if self.blend_head is not None:
-            blend["blend_token_logits"] = self.blend_head(face).squeeze(-1).float()  # [B, T]
-            blend["blend_logit"] = clip_mean(blend["blend_token_logits"], vmask)
-            evidence.append(blend["blend_logit"].detach())  # the blend head learns from loss.blend alone
+            heads["blend_token_logits"] = self.blend_head(face).squeeze(-1).float()  # [B, T]
+            heads["blend_logit"] = clip_mean(heads["blend_token_logits"], vmask)
+            evidence.append(heads["blend_logit"].detach())  # the blend head learns from loss.blend alone
+        if self.voice_head is not None:
+            heads["voice_logit"] = clip_mean(self.voice_head(clip_tokens).squeeze(-1).float(), clip_mask)
+            evidence.append(heads["voice_logit"].detach())  # the voice head learns from loss.voice alone
         fused = torch.cat([av[:, 0], torch.stack(evidence, -1).to(av.dtype)], -1)
         return {
             "logit": self.head(fused).squeeze(-1).float(),
@@ -255,7 +264,7 @@ class AVTransformer(nn.Module):
             "shift_logits": shift_logits,
             "visual_mask": vmask,
             "audio_mask": amask,
-            **blend,
+            **heads,
         }
 
     # --- synchrony ----------------------------------------------------------------------------------------
@@ -329,6 +338,9 @@ class AVTransformer(nn.Module):
             y_blend = batch["blend_label"][:, None].expand_as(vmask)
             parts["blend"] = masked_mean(bce(out["blend_token_logits"], y_blend), vmask & (y_blend >= 0))
             total = total + w.blend * parts["blend"]
+        if self.voice_head is not None:
+            parts["voice"] = masked_mean(bce(out["voice_logit"], y_audio), has_a)
+            total = total + w.voice * parts["voice"]
         return total, parts
 
 

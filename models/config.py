@@ -57,6 +57,10 @@ class ModelConfig:
     # Or a timm CNN (in_chans=1, random init) for those tokens in place of the strided convolutions: its feature
     # map, frequency bands kept apart, pooled over time (the seed baseline reads the spectrogram with a ResNet).
     clip_audio_backbone: str | None = None
+    # A linear head on the mean of those clip voice tokens, trained on the audio label (loss.voice): the voice
+    # encoder gets its own signal, as the seed baseline's ResNet does, instead of only what reaches it through the
+    # fusion transformer; its logit, detached, is one more input of the fused head.
+    voice_head: bool = False
     temporal_kernel: int = 5  # frames a temporal convolution sees (lips and audio)
     temporal_layers: int = 2
     # Padding of those convolutions: circular keeps position within a window out of the tokens (see
@@ -84,6 +88,7 @@ class LossConfig:
     sync: float = 0.2  # InfoNCE of time-aligned audio/visual tokens on genuine clips
     token: float = 0.1  # per-time token logits (multiple-instance loss)
     blend: float = 0.0  # model.blend_head: genuine vs self-blended faces, per frame
+    voice: float = 0.0  # model.voice_head: the clip voice tokens' own audio-fake head
 
 
 @dataclass

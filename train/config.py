@@ -250,6 +250,9 @@ def validate(cfg: Config, source: str) -> None:
     if cfg.model.blend_head:
         need(cfg.loss.blend > 0 and blend > 0, "model.blend_head learns from self-blended clips: it needs "
              "loss.blend > 0 and data.augment.self_blend > 0")
+    if cfg.model.voice_head:
+        need(cfg.loss.voice > 0 and cfg.model.clip_audio_tokens > 0, "model.voice_head reads the clip voice tokens "
+             "and learns from loss.voice: it needs model.clip_audio_tokens > 0 and loss.voice > 0")
     for name in PRETRAINED_FIELDS:
         if str(getattr(cfg.model, name)).lower() == "none":  # `pretrained: none`: train from scratch, explicitly
             setattr(cfg.model, name, None)

@@ -78,6 +78,24 @@ def test_blend_head_learns_from_genuine_and_self_blended_faces_only():
     assert (per_frame[0, :3] != 0).all() and (per_frame[1] != 0).all()
 
 
+def test_voice_head_trains_the_clip_voice_encoder_on_the_audio_label():
+    torch.manual_seed(0)
+    cfg = load_config(TINY, ["model.clip_audio_tokens=4", "model.voice_head=true", "loss.voice=0.5"])
+    model = create_model(cfg)
+    batch = example_batch(cfg.data, 3)
+    batch["audio_mask"][2] = False  # clip 2 has no audio: no voice score, no voice loss
+    out = model(batch)
+    assert out["voice_logit"].shape == (3,) and out["voice_logit"][2] == 0
+    _, parts = model.loss(out, batch)
+    assert "voice" in parts
+    # the fused head reads the voice score detached; the voice loss reaches the clip voice encoder
+    assert torch.autograd.grad(parts["main"], model.voice_head.weight, allow_unused=True)[0] is None
+    per_clip = torch.autograd.grad(parts["voice"], out["voice_logit"], retain_graph=True)[0]
+    assert per_clip[2] == 0 and (per_clip[:2] != 0).all()
+    encoder = torch.autograd.grad(parts["voice"], model.clip_voice.proj[1].weight)[0]
+    assert encoder.abs().sum() > 0
+
+
 @torch.no_grad()
 def test_missing_modality_is_masked_not_zeroed(tiny):
     model, cfg = tiny
