@@ -6,9 +6,11 @@ For each chosen video it writes PNGs and one HTML page that shows them together:
 - ``<stem>_audio.png``: the log-Mel spectrogram of the clip's audio with the per-time audio saliency;
 - ``<stem>_timeline.png``: per-frame fake scores of the visual and audio tokens and the lip/audio synchrony
   curve (low synchrony = lip-sync evidence), when the model has them;
-- ``<stem>_modalities.png``: fused, audio-only and visual-only scores and the CLS attention mass on the face,
+- ``<stem>_modalities.png``: fused, audio-only and visual-only head scores and the CLS attention mass on the face,
   lip and audio tokens.
-Numbers behind the figures go to ``explain.json``.
+Numbers behind the figures go to ``explain.json``: per video its submission ``score`` (under the checkpoint's
+``score.rule``, with the ``strongest_evidence`` of a ``mean``/``max`` rule), the fused, audio-only and visual-only
+head scores, the per-frame token scores and the sync curve.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def _figures(name: str, info: dict, out: Path) -> dict[str, str]:
         axes[0, j].set_title(f"t{i}", fontsize=7)
         for row in range(4):
             axes[row, j].axis("off")
-    fig.suptitle(f"{name}: face and mouth crops with saliency (fake score {info['logit']:.3f})", fontsize=9)
+    fig.suptitle(f"{name}: face and mouth crops with saliency (fused head {info['logit']:.3f})", fontsize=9)
     files["frames"] = _save(fig, out / f"{stem}_frames.png")
 
     fig, ax = plt.subplots(figsize=(8, 3))
@@ -182,6 +184,7 @@ def explain_videos(predictor, videos: list[Path], predictions: list, out: Path,
     unknown = [n for n in chosen if n not in by_name]
     if unknown:
         raise ValueError(f"--explain-videos names videos not in the folder: {unknown}")
+    scored = {p.video_name: p for p in predictions}
     entries = []
     for name, sample, reason in extracted([by_name[n] for n in chosen], predictor.extraction_options(), workers=0):
         if sample is None:
@@ -190,9 +193,14 @@ def explain_videos(predictor, videos: list[Path], predictions: list, out: Path,
         info = saliency(predictor, sample)
         entry = {"video_name": name, "fallbacks": sample["meta"].get("fallbacks", []),
                  "figures": _figures(name, info, out)}
-        for key in ("logit", "audio_logit", "visual_logit"):
+        prediction = scored.get(name)  # None: a named video the --template leaves out
+        if prediction is not None:
+            entry["score"] = round(prediction.score, 6)
+            if prediction.strongest:
+                entry["strongest_evidence"] = prediction.strongest
+        for key, label in (("logit", "fused_score"), ("audio_logit", "audio_score"), ("visual_logit", "visual_score")):
             if key in info:
-                entry[key.replace("logit", "score")] = round(float(info[key]), 6)
+                entry[label] = round(float(info[key]), 6)
         for key in ("visual_token_logits", "audio_token_logits", "sync"):
             if key in info:
                 entry[key.replace("logits", "scores")] = [round(float(v), 6) for v in info[key]]
@@ -213,9 +221,11 @@ def _html(entries: list[dict]) -> str:
         if "error" in e:
             parts.append(f"<p>not explained: {html.escape(e['error'])}</p></section>")
             continue
-        scores = ", ".join(f"{k} {e[k]:.3f}" for k in ("score", "audio_score", "visual_score") if k in e)
+        scores = ", ".join(f"{k} {e[k]:.3f}" for k in ("score", "fused_score", "audio_score", "visual_score")
+                           if k in e)
+        strongest = f"; strongest evidence: {e['strongest_evidence']}" if "strongest_evidence" in e else ""
         fallbacks = f" (fallbacks: {', '.join(e['fallbacks'])})" if e["fallbacks"] else ""
-        parts.append(f"<p>{scores}{html.escape(fallbacks)}</p>")
+        parts.append(f"<p>{scores}{html.escape(strongest + fallbacks)}</p>")
         parts += [f"<img src='{html.escape(f)}' alt='{k}'>" for k, f in e["figures"].items()]
         parts.append("</section>")
     return "\n".join(parts)

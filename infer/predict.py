@@ -1,15 +1,18 @@
 """Raw videos -> submission.csv, the path the organizers run on the hidden test set.
 
-Extraction is the shards code (``shards.pool`` / ``shards.extract``), the model and its batches come from the model
-library (``models.checkpoint``, ``models.batch``), the files are the competition's (``competition``): inference
-imports nothing from the trainer. Every video gets a row: a failed extraction scores ``NEUTRAL_SCORE`` and is listed in ``<out>.failures.csv``
-with its reason; no face -> the model's audio-only path, no audio -> the visual-only path (both flagged in
-``<out>.details.csv``). Nothing fails silently: the face detector must find the face in a known portrait
-before any video is read (exit 5 naming the missing piece otherwise), and when more than
-``--max-failed-fraction`` of the videos fail the CSV is still written but the exit code is 4, with the most
-common reasons and their counts on stderr. Exit codes: 0 ok, 2 no videos, 3 unusable checkpoint, 4 too many
-failed videos, 5 face detector unusable. Extraction is the shards code (``shards.extract``), run in worker processes; the
-model sees batches in sorted-name order whatever the worker timing, so two runs give byte-identical CSVs.
+Extraction is the shards code (``shards.pool`` / ``shards.extract``, run in worker processes), the model, its
+batches and its score rule come from the model library (``models.checkpoint``, ``models.batch``,
+``models.scoring``: the checkpoint's ``score.rule`` with the statistics training stored in ``best/info.json``),
+the files are the competition's (``competition``): inference imports nothing from the trainer.
+
+Every video gets a row: a failed extraction scores ``NEUTRAL_SCORE`` and is listed in ``<out>.failures.csv`` with
+its reason; no face -> the model's audio-only path, no audio -> the visual-only path (both flagged in
+``<out>.details.csv``, which also names the output that called each clip fake under a ``mean``/``max`` rule).
+Nothing fails silently: the face detector must find the face in a known portrait before any video is read (exit
+5 naming the missing piece otherwise), and when more than ``--max-failed-fraction`` of the videos fail the CSV is
+still written but the exit code is 4, with the most common reasons and their counts on stderr. Exit codes: 0 ok,
+2 no videos, 3 unusable checkpoint, 4 too many failed videos, 5 face detector unusable. The model sees batches in
+sorted-name order whatever the worker timing, so two runs give byte-identical CSVs.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from competition import LabelsError, find_videos, format_score, read_template, write_submission
 from models.batch import collate, prepare, to_device
-from models.checkpoint import load_for_inference
+from models.checkpoint import load_for_inference, load_score_rule
+from models.scoring import evidence
 from shards.extract import ExtractOptions
 from shards.pool import extracted
 
@@ -51,15 +56,17 @@ class Prediction:
     reason: str = ""
     audio_score: float | None = None
     visual_score: float | None = None
+    strongest: str = ""  # the output that called the clip fake (score.rule mean/max; models.scoring)
 
 
 # --- the model ----------------------------------------------------------------------------------------------
 class Predictor:
-    """A checkpoint, the eval transform it was trained with, and batched deterministic scoring."""
+    """A checkpoint, the eval transform it was trained with, its score rule, and batched deterministic scoring."""
 
     def __init__(self, checkpoint: Path, device: str = "cpu", tta: bool = False):
         self.device = torch.device(device)
         self.model, self.spec = load_for_inference(checkpoint, device=self.device)
+        self.rule = load_score_rule(checkpoint, self.spec)
         self.tta = tta
 
     def extraction_options(self) -> ExtractOptions:
@@ -72,9 +79,14 @@ class Predictor:
         if self.tta:  # mirrored faces: a deepfake cue should not depend on left/right
             flipped = dict(batch, frames=batch["frames"].flip(-1))
             outputs.append(self.model(flipped))
+        views = [evidence(o) for o in outputs]
+        ev = {name: np.mean([view[name] for view in views], 0) for name in views[0]}
+        fused = self.rule.rule == "fused"
+        scores, strongest = (None, None) if fused else (self.rule.probability(ev), self.rule.strongest(ev))
         result = []
         for i in range(len(samples)):
-            row = {"score": _mean_sigmoid(outputs, "logit", i)}
+            row = {"score": _mean_sigmoid(outputs, "logit", i) if fused else float(scores[i]),
+                   "strongest": "" if fused else strongest[i]}
             for head in ("audio", "visual"):
                 key = f"{head}_logit"
                 row[f"{head}_score"] = _mean_sigmoid(outputs, key, i) if key in outputs[0] else None
@@ -98,6 +110,7 @@ def predict(videos: list[Path], predictor: Predictor, batch_size: int, workers: 
             prediction.score = scores["score"]
             prediction.audio_score = scores["audio_score"]
             prediction.visual_score = scores["visual_score"]
+            prediction.strongest = scores["strongest"]
         pending.clear()
 
     progress = tqdm(extracted(videos, predictor.extraction_options(), workers, timeout), total=len(videos),
@@ -124,10 +137,11 @@ def write_reports(out: Path, predictions: list[Prediction]) -> tuple[Path, Path]
     failures = out.with_name(out.stem + ".failures.csv")
     with open(details, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["video_name", "score", "status", "fallbacks", "audio_score", "visual_score", "reason"])
+        writer.writerow(["video_name", "score", "status", "fallbacks", "audio_score", "visual_score",
+                         "strongest_evidence", "reason"])
         for p in predictions:
             writer.writerow([p.video_name, format_score(p.score), p.status, ";".join(p.fallbacks),
-                             _fmt(p.audio_score), _fmt(p.visual_score), p.reason])
+                             _fmt(p.audio_score), _fmt(p.visual_score), p.strongest, p.reason])
     with open(failures, "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["video_name", "reason"])

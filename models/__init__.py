@@ -7,7 +7,8 @@
 ``registry`` (create_model, register_model), ``config`` (ModelSpec and its sections), ``batch`` (the batch every
 model takes: prepare, collate), ``av_model`` (the audio-visual transformer, ``av_transformer``), ``baseline``
 (the organizers' seed baseline, ``seed_baseline``), ``layers``, ``counting`` (the 200M rule, thop),
-``checkpoint`` (the best-checkpoint format). Importing the package registers every model.
+``checkpoint`` (the best-checkpoint format), ``scoring`` (how outputs become a clip's score:
+``score.rule``). Importing the package registers every model.
 """
 
 from models import av_model, baseline  # noqa: F401  (registration)

@@ -5,8 +5,10 @@ A checkpoint folder (``<run>/best/``), written file by file with atomic renames,
     model.safetensors   weights (float32; EMA weights when train.ema)
     config.yaml         the full run config (train.config.Config; read back as a models.config.ModelSpec)
     info.json           {"format": 1, "model": name, "weights_sha256", "code_version", "metrics", "epoch",
-                         "global_step", "params", "created"}
-Inference: ``load_for_inference(path) -> (model, spec)``; nothing is unpickled.
+                         "global_step", "params", "created", "score"}
+``score``: the ``models.scoring.ScoreRule`` fitted on that epoch's validation clips (the statistics a
+``score.rule`` other than ``fused`` needs). Inference: ``load_for_inference(path) -> (model, spec)`` and
+``load_score_rule(path, spec)``; nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 from models.config import ConfigError, ModelSpec, dump_yaml, spec_from_yaml
 from models.registry import create_model
+from models.scoring import ScoreRule
 from shards.assets import sha256
 
 WEIGHTS, CONFIG, INFO = "model.safetensors", "config.yaml", "info.json"
@@ -92,3 +95,24 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu",
                          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     return model.to(device).eval(), spec
+
+
+def load_score_rule(path: str | Path, spec: ModelSpec) -> ScoreRule:
+    """How the checkpoint's outputs become scores: its ``score.rule`` with the statistics in info.json.
+
+    Raises ValueError when the rule needs statistics that info.json does not hold."""
+    if spec.score.rule == "fused":
+        return ScoreRule()
+    path = Path(path)
+    info_path = (path.parent if path.suffix == ".safetensors" else path) / INFO
+    try:
+        raw = json.loads(info_path.read_text())["score"]
+        rule = ScoreRule.from_dict(raw)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{info_path} holds no usable score statistics for score.rule={spec.score.rule!r} "
+                         f"({type(error).__name__}: {error}); training writes them with best/: copy the whole "
+                         "checkpoint folder, or set score.rule: fused in its config.yaml") from error
+    if rule.rule != spec.score.rule:
+        raise ValueError(f"{info_path} holds statistics for score.rule={rule.rule!r}, its config.yaml says "
+                         f"{spec.score.rule!r}: copy the whole checkpoint folder again")
+    return rule

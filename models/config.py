@@ -1,9 +1,10 @@
 """What a model is made of, and the typed-section machinery every config of the project is built with.
 
 A model is described by a ``ModelSpec``: ``model`` (the architecture, ``ModelConfig``), ``data`` (the clip it reads,
-``InputConfig``: the extraction options the shards were packed with, which inference extracts with too) and
-``loss`` (``LossConfig``). A training run's config (``train.config.Config``) is a ModelSpec plus its ``train`` and
-``log`` sections; a checkpoint's ``config.yaml`` is read back as a ModelSpec (``models.checkpoint``).
+``InputConfig``: the extraction options the shards were packed with, which inference extracts with too),
+``loss`` (``LossConfig``) and ``score`` (how its outputs become a clip's score, ``ScoreConfig``). A training
+run's config (``train.config.Config``) is a ModelSpec plus its ``train`` and ``log`` sections; a checkpoint's
+``config.yaml`` is read back as a ModelSpec (``models.checkpoint``).
 
 Sections are dataclasses built from YAML mappings by ``build_section``: unknown keys and values of the wrong type
 raise ``ConfigError`` naming the file (or ``command line``) and the valid keys.
@@ -92,6 +93,15 @@ class LossConfig:
 
 
 @dataclass
+class ScoreConfig:
+    # How a clip's outputs become its score (models.scoring). fused: the fused head's probability. mean / max:
+    # every output (fused, audio-only and visual-only heads, sync evidence negated, blend and voice heads)
+    # standardised on the genuine validation clips, then averaged / the largest taken, and mapped to a
+    # probability by a logistic fit on the validation labels; the statistics are stored in best/info.json.
+    rule: Literal["fused", "mean", "max"] = "fused"
+
+
+@dataclass
 class InputConfig:
     """The clip a model reads: the extraction options of its shards (``shards.extract``), also at inference.
 
@@ -131,6 +141,7 @@ class ModelSpec:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: InputConfig = field(default_factory=InputConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
 
 def spec_from_yaml(path: str | Path) -> ModelSpec:
@@ -148,7 +159,8 @@ def spec_from_yaml(path: str | Path) -> ModelSpec:
     data = {k: v for k, v in (raw.get("data") or {}).items() if k in field_names(InputConfig)}
     return ModelSpec(model=build_section(ModelConfig, raw.get("model") or {}, str(path), "model."),
                      data=build_section(InputConfig, data, str(path), "data."),
-                     loss=build_section(LossConfig, raw.get("loss") or {}, str(path), "loss."))
+                     loss=build_section(LossConfig, raw.get("loss") or {}, str(path), "loss."),
+                     score=build_section(ScoreConfig, raw.get("score") or {}, str(path), "score."))
 
 
 def dump_yaml(config: Any, path: str | Path) -> None:

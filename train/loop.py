@@ -15,7 +15,6 @@ state/ (full state for --resume), plots/, and the MLflow store mlflow.db + mlart
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -25,12 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.special import expit
 from tqdm import tqdm
 
-from competition import compute_metrics
 from models import create_model
 from models.batch import to_device
 from models.checkpoint import save_best
@@ -41,7 +37,6 @@ from train.config import Config, ConfigError, check_pretrained, dump_config, fla
 from train.data import (
     check_shards_match,
     count_samples,
-    eval_loader,
     pack_arguments,
     shard_urls,
     steps_per_epoch,
@@ -51,7 +46,6 @@ from train.face_pretrain import pretrain_face
 from train.parts import (
     EMA,
     build_optimizer,
-    gather_predictions,
     lr_factor,
     make_accelerator,
     parameter_fingerprints,
@@ -59,6 +53,7 @@ from train.parts import (
     sync_buffers,
 )
 from train.tracking import make_tracker, save_plots
+from train.validate import evaluate
 
 log = logging.getLogger("train")
 
@@ -102,35 +97,6 @@ class Job:
         return self.accelerator.is_main_process
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, cfg: Config, urls: list[str], accelerator) -> tuple[dict, list[tuple]]:
-    """Validation on the unwrapped model (no DDP collective inside the loop), then one gather of all ranks."""
-    was_training = model.training
-    model.eval()
-    local = []
-    for batch in tqdm(eval_loader(urls, cfg, accelerator.process_index, accelerator.num_processes),
-                      desc="validate", unit="batch", leave=False, disable=not accelerator.is_main_process):
-        batch = to_device(batch, accelerator.device)
-        with accelerator.autocast():
-            out = model(batch)
-        heads = [out[k].float().cpu().numpy() if k in out else None for k in ("logit", "audio_logit", "visual_logit")]
-        for i, key in enumerate(batch["key"]):
-            local.append((key, int(batch["label"][i]), *(None if h is None else float(h[i]) for h in heads)))
-    model.train(was_training)
-    rows, n_evaluated = gather_predictions(accelerator, local)
-    labelled = [r for r in rows if r[1] >= 0]
-    if not labelled:
-        raise ValueError("the validation shards have no labelled samples")
-    labels = np.array([r[1] for r in labelled])
-    metrics = compute_metrics(labels, expit([r[2] for r in labelled]))
-    metrics["n_evaluated"] = n_evaluated  # > n would mean some clips were scored on several ranks
-    for index, head in ((3, "audio"), (4, "visual")):
-        if labelled[0][index] is not None:
-            head_metrics = compute_metrics(labels, expit([r[index] for r in labelled]))
-            metrics[f"{head}_auc"] = head_metrics["auc"]
-    return metrics, rows
-
-
 def selection_score(metrics: dict) -> float:
     """Best checkpoint by AUC; by lowest log-loss when AUC is undefined (single-class validation)."""
     return metrics["auc"] if metrics.get("auc") is not None else -metrics["log_loss"]
@@ -166,6 +132,10 @@ def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
     check_shards_match(train_urls, cfg, "train")
     check_shards_match(val_urls, cfg, "val")
     counts = count_samples(cfg.data.train_shards)
+    if cfg.score.rule != "fused" and count_samples(cfg.data.val_shards).get(0, 0) < 2:
+        raise ConfigError(f"{args.config}: score.rule={cfg.score.rule} standardises the outputs on the genuine "
+                          f"validation clips, and {cfg.data.val_shards} holds fewer than 2; add genuine clips to "
+                          "the validation set or set score.rule=fused")
     n_train = sum(counts.values())
     spe = steps_per_epoch(cfg, n_train, world)
     log.info("train: %d clips %s in %d shards; val: %d shards; %d optimizer steps per epoch",
@@ -304,13 +274,14 @@ def train_epochs(job: Job, trainer: TrainerState) -> dict:
 
             eval_model = ema.model if ema is not None else unwrapped
             sync_buffers(accelerator, eval_model)
-            metrics, rows = evaluate(eval_model, cfg, job.val_urls, accelerator)
+            validation = evaluate(eval_model, cfg, job.val_urls, accelerator)
+            metrics = validation.metrics
             record = {"epoch": epoch + 1, "global_step": trainer.global_step, **metrics}
             trainer.history.append(record)
             log.info("epoch %d validation: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v
                                                              for k, v in metrics.items() if k != "note"})
             if main_process:
-                write_predictions(out / "val_predictions.csv", rows)
+                validation.write_predictions(out / "val_predictions.csv")
             tracker.log_metrics({f"val/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
                                 | {"epoch": epoch + 1}, step=trainer.global_step)
             if is_selected(metrics, trainer.best, cfg.train.select):
@@ -319,11 +290,12 @@ def train_epochs(job: Job, trainer: TrainerState) -> dict:
                 if main_process:
                     save_best(out / "best", state_dict, cfg, {
                         "code_version": summary["code_version"], "metrics": metrics, "epoch": epoch + 1,
-                        "global_step": trainer.global_step, "params": summary["params"], "ema": ema is not None})
+                        "global_step": trainer.global_step, "params": summary["params"], "ema": ema is not None,
+                        "score": validation.rule.to_dict()})
                     if cfg.log.plots:
-                        scores = expit([r[2] for r in rows if r[1] >= 0])
-                        labels = np.array([r[1] for r in rows if r[1] >= 0])
-                        for path in save_plots(labels, scores, out / "plots", f"validation, epoch {epoch + 1}"):
+                        known = validation.labels >= 0
+                        for path in save_plots(validation.labels[known], validation.scores[known], out / "plots",
+                                               f"validation, epoch {epoch + 1}"):
                             tracker.log_artifact(path, "plots")
                     log.info("epoch %d (auc %s) saved to %s (train.select: %s)", epoch + 1, metrics.get("auc"),
                              out / "best", cfg.train.select)
@@ -450,15 +422,6 @@ def throughput(speed: dict, clips_per_step: int, frames: int, device: torch.devi
             "step_seconds": seconds / max(1, bucket["steps"]), "clips_per_s": clips_per_s,
             "frames_per_s": clips_per_s * frames, "data_wait_frac": bucket["data_seconds"] / seconds,
             "peak_memory_gib": peak, "memory": memory}
-
-
-def write_predictions(path: Path, rows: list[tuple]) -> None:
-    """The latest validation scores: key, label, score and the audio-only / visual-only scores."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["video_name", "label", "score", "audio_score", "visual_score"])
-        for key, label, *logits in rows:
-            writer.writerow([key, label, *("" if x is None else f"{float(expit(x)):.6f}" for x in logits)])
 
 
 def write_metrics_json(out: Path, trainer: TrainerState, summary: dict) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,51 @@ def test_no_video_and_bad_checkpoint_exit_nonzero_with_a_message(tiny_run, bad_f
     assert not (tmp_path / "y.csv").exists()
 
 
+def with_score_rule(tiny_run: Path, folder: Path, rule: str, statistics: dict | None) -> Path:
+    """A copy of the tiny checkpoint whose config says ``score.rule: rule``, with ``statistics`` in info.json in
+    place of the ``fused`` rule training stored (none: no statistics)."""
+    shutil.copytree(tiny_run / "best", folder)
+    config = (folder / "config.yaml").read_text()
+    assert "rule: fused" in config
+    (folder / "config.yaml").write_text(config.replace("rule: fused", f"rule: {rule}"))
+    info = json.loads((folder / "info.json").read_text())
+    info.pop("score")
+    (folder / "info.json").write_text(json.dumps(info if statistics is None else {**info, "score": statistics}))
+    return folder
+
+
+def test_a_max_rule_scores_each_video_by_its_strongest_evidence(test_submission, synthetic_dataset, tiny_run,
+                                                                 tmp_path):
+    from models.scoring import EVIDENCE
+
+    outputs = ("logit", "audio_logit", "visual_logit", "sync_score")  # what tiny outputs
+    identity = {"rule": "max", "center": dict.fromkeys(outputs, 0.0), "scale": dict.fromkeys(outputs, 1.0),
+                "slope": 1.0, "intercept": 0.0, "genuine_clips": 2}  # score = sigmoid(the largest raw evidence)
+    out = tmp_path / "max.csv"
+    result = run_infer(synthetic_dataset / "test", with_score_rule(tiny_run, tmp_path / "max", "max", identity), out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fused = {r["video_name"]: r for r in read_rows(test_submission.with_name("submission.details.csv"))}
+    rows = read_rows(out.with_name("max.details.csv"))
+    assert len(rows) == len(fused) and all(not r["strongest_evidence"] for r in fused.values())
+    for row in rows:
+        score, head = float(row["score"]), fused[row["video_name"]]
+        assert row["strongest_evidence"] in EVIDENCE
+        for column in ("score", "audio_score", "visual_score"):  # the maximum is at least each head
+            assert score >= float(head[column]) - 1e-6
+        same = {"logit": "score", "audio_logit": "audio_score", "visual_logit": "visual_score"}
+        if row["strongest_evidence"] in same:
+            assert score == pytest.approx(float(head[same[row["strongest_evidence"]]]), abs=2e-6)
+    assert any(float(r["score"]) > float(fused[r["video_name"]]["score"]) + 1e-3 for r in rows)
+
+    unfitted = with_score_rule(tiny_run, tmp_path / "unfitted", "mean", None)
+    result = run_infer(synthetic_dataset / "test", unfitted, tmp_path / "u.csv")
+    assert result.returncode == 3 and "holds no usable score statistics for score.rule='mean'" in result.stderr
+    mismatched = with_score_rule(tiny_run, tmp_path / "mismatched", "mean", identity)  # statistics of another rule
+    result = run_infer(synthetic_dataset / "test", mismatched, tmp_path / "m.csv")
+    assert result.returncode == 3 and "holds statistics for score.rule='max', its config.yaml says 'mean'" in \
+        result.stderr
+
+
 def test_explain_writes_aligned_overlays_and_a_page(synthetic_dataset, tiny_run, tmp_path):
     from infer.explain import overlay, saliency
     from infer.predict import Predictor
@@ -168,6 +214,9 @@ def test_explain_writes_aligned_overlays_and_a_page(synthetic_dataset, tiny_run,
     assert result.returncode == 0, result.stderr[-2000:]
     entries = json.loads((tmp_path / "explain" / "explain.json").read_text())
     assert [e["video_name"] for e in entries] == [video.name]
+    submitted = {r["video_name"]: float(r["score"]) for r in read_rows(out)}
+    assert entries[0]["score"] == submitted[video.name]  # the score the submission gave, beside the heads'
+    assert entries[0]["fused_score"] == pytest.approx(submitted[video.name], abs=1e-6)  # tiny: score.rule fused
     for figure in entries[0]["figures"].values():
         assert (tmp_path / "explain" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert video.name in (tmp_path / "explain" / "index.html").read_text()

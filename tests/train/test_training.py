@@ -12,17 +12,19 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from competition import compute_metrics
-from models.checkpoint import load_for_inference
+from models.checkpoint import load_for_inference, load_score_rule
+from models.scoring import evidence
 from tests.train.conftest import ROOT, TINY_TEST_OVERRIDES, run_cli, train_cmd
 from train.loop import is_selected
 
 # dropout, EMA, a worker process and gradient accumulation: everything exact resumption has to get right; and the
-# face pretraining stage (skipped on --resume) and the blend head
-RUN_ARGS = ["data.workers=1", "model.dropout=0.1", "train.ema=true", "train.ema_decay=0.5", "train.grad_accum=2",
+# face pretraining stage (skipped on --resume), the blend head and a late-fusion score rule (fitted on validation)
+RUN_ARGS = ["score.rule=mean", "data.workers=1", "model.dropout=0.1", "train.ema=true", "train.ema_decay=0.5", "train.grad_accum=2",
             "train.save_every_steps=2", "train.batch_size=2", "train.face_pretrain.steps=4",
             "train.face_pretrain.batch_size=4", "train.face_pretrain.log_every_steps=2", "model.blend_head=true",
             "loss.blend=0.5", "data.augment.self_blend=0.3"]
@@ -139,7 +141,12 @@ def test_best_checkpoint_reproduces_its_validation_metrics(full_run, tiny_shards
     from tests.train.conftest import decoded
 
     model, cfg = load_for_inference(full_run / "best")
+    rule = load_score_rule(full_run / "best", cfg)
     assert not model.training and cfg.data.frames == 4 and cfg.data.windows == 2
+    assert rule.rule == cfg.score.rule == "mean"
+    # every output, measured on the validation set's genuine clips (the no-face clip has no visual evidence)
+    assert set(rule.center) == {"logit", "audio_logit", "visual_logit", "sync_score", "blend_logit"}
+    assert rule.genuine_clips == 6 and rule.slope > 0
     samples = []
     for shard in sorted(Path(tiny_shards["val"]).glob("*.tar")):
         with tarfile.open(shard) as tar:
@@ -150,11 +157,16 @@ def test_best_checkpoint_reproduces_its_validation_metrics(full_run, tiny_shards
         samples += [decoded(s) for s in members.values()]
     batch = collate([prepare(s, cfg.data) for s in samples])
     with torch.no_grad():
-        scores = torch.sigmoid(model(batch)["logit"]).numpy()
-    recomputed = compute_metrics(batch["label"].numpy(), scores)
+        out = model(batch)
+    ev = evidence(out)
+    assert np.isnan(ev["visual_logit"]).sum() == 1 and np.isnan(ev["audio_logit"]).sum() == 1
     info = json.loads((full_run / "best" / "info.json").read_text())
+    labels = batch["label"].numpy()
+    recomputed = compute_metrics(labels, rule.probability(ev))  # what validation scored: the rule's probability
     assert recomputed["auc"] == pytest.approx(info["metrics"]["auc"])
     assert recomputed["log_loss"] == pytest.approx(info["metrics"]["log_loss"], abs=1e-5)
+    fused_head = compute_metrics(labels, torch.sigmoid(out["logit"]).numpy())
+    assert fused_head["auc"] == pytest.approx(info["metrics"]["fused_auc"])  # and the fused head, reported beside
     same, _ = load_for_inference(full_run / "best" / "model.safetensors")  # the weights file works as well
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values(), strict=True))
 
@@ -204,3 +216,14 @@ def test_missing_shards_are_reported(tmp_path, capsys):
             "--out", str(tmp_path / "o"), *TINY_TEST_OVERRIDES]
     assert main(argv) == 2
     assert "train shards" in capsys.readouterr().err
+
+
+def test_a_fusion_rule_needs_genuine_validation_clips(tiny_shards, tmp_path, capsys):
+    from tests.train.conftest import write_shards
+    from train.loop import main
+
+    write_shards(tmp_path / "val", 2, 2, seed=3)  # one genuine clip, one fake
+    argv = ["--config", "configs/tiny.yaml", "--train-shards", str(tiny_shards["train"]), "--val-shards",
+            str(tmp_path / "val"), "--out", str(tmp_path / "o"), *TINY_TEST_OVERRIDES, "score.rule=max"]
+    assert main(argv) == 2
+    assert "score.rule=max standardises the outputs on the genuine validation clips" in capsys.readouterr().err

@@ -1,0 +1,154 @@
+"""How a clip's outputs become its score (``score.rule``): fitted on validation in training, applied in inference.
+
+``fused`` (the default): the fused head's probability, sigmoid(``logit``).
+
+``mean`` / ``max``: a late fusion of every piece of evidence the model outputs, each oriented so that larger
+means more fake (``EVIDENCE``): the fused, audio-only and visual-only logits, the lip/audio synchrony evidence
+negated, and the blend and voice logits when the model has those heads. Each is standardised by its mean and
+s.d. over the genuine validation clips; a clip's standardised values are then averaged (``mean``) or the largest
+is taken (``max``). Evidence a clip cannot have (no audio: the audio, voice and sync evidence; no face: the
+visual, blend and sync evidence) is left out of that clip. A logistic fit of the combined value on the validation
+labels maps it to a probability; the map is increasing, so the ranking (and the AUC) is the combined value's.
+
+Why: the fused head under-uses evidence that scores unseen fakes well on its own (README "Generality protocol":
+the sync evidence alone scores the unseen audio-offset family at 0.997, the fused head 0.74-0.88).
+
+Training fits a ``ScoreRule`` on each validation pass and stores the one of the epoch it saves in
+``best/info.json`` ("score"); inference reads it back (``models.checkpoint.load_score_rule``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.special import expit
+
+RULES = ("fused", "mean", "max")
+# output -> (sign that makes larger = more fake, the modalities the clip needs for it)
+EVIDENCE: dict[str, tuple[float, tuple[str, ...]]] = {
+    "logit": (1.0, ()),
+    "audio_logit": (1.0, ("audio",)),
+    "visual_logit": (1.0, ("face",)),
+    "sync_score": (-1.0, ("audio", "face")),  # > 0 means in sync: negated
+    "blend_logit": (1.0, ("face",)),
+    "voice_logit": (1.0, ("audio",)),
+}
+MIN_SCALE = 1e-6  # an output that is constant on genuine clips must not divide by zero
+
+
+def evidence(outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The model's outputs as evidence: float64 [B] per output it has, larger = more fake, NaN where the clip
+    lacks a modality the output needs (``visual_mask`` / ``audio_mask`` of the outputs, when present)."""
+    present = {name: outputs[f"{mask}_mask"].detach().any(1).cpu().numpy()
+               for name, mask in (("face", "visual"), ("audio", "audio")) if f"{mask}_mask" in outputs}
+    result = {}
+    for name, (sign, needs) in EVIDENCE.items():
+        if name not in outputs:
+            continue
+        value = sign * outputs[name].detach().float().cpu().numpy().astype(np.float64)
+        for modality in needs:
+            if modality in present:
+                value = np.where(present[modality], value, np.nan)
+        result[name] = value
+    return result
+
+
+def concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Evidence of several batches as one: the outputs every batch has, in order."""
+    if not parts:
+        return {}
+    names = [name for name in parts[0] if all(name in part for part in parts)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
+
+@dataclass
+class ScoreRule:
+    """A fitted ``score.rule``: per output the genuine clips' mean (``center``) and s.d. (``scale``), and the
+    logistic map of the combined value to a probability."""
+
+    rule: str = "fused"
+    center: dict[str, float] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)
+    slope: float = 1.0
+    intercept: float = 0.0
+    genuine_clips: int = 0  # how many clips the statistics were measured on
+
+    def standardised(self, ev: dict[str, np.ndarray]) -> np.ndarray:
+        """[B, E]: each output's value in s.d. of the genuine clips from their mean (NaN where absent)."""
+        missing = [name for name in self.center if name not in ev]
+        if missing:
+            raise ValueError(f"the score statistics name outputs {missing} that the model does not produce: the "
+                             "checkpoint's info.json does not belong to its weights; copy the checkpoint again")
+        return np.stack([(ev[name] - self.center[name]) / self.scale[name] for name in self.center], 1)
+
+    def combined(self, ev: dict[str, np.ndarray]) -> np.ndarray:
+        z = self.standardised(ev)
+        with warnings.catch_warnings():  # a row of NaN cannot happen (the fused logit is always there)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(z, 1) if self.rule == "mean" else np.nanmax(z, 1)
+
+    def probability(self, ev: dict[str, np.ndarray]) -> np.ndarray:
+        """float64 [B] in [0, 1]: the score a clip gets."""
+        if self.rule == "fused":
+            return expit(ev["logit"])
+        return expit(self.slope * self.combined(ev) + self.intercept)
+
+    def strongest(self, ev: dict[str, np.ndarray]) -> list[str]:
+        """Per clip the output with the largest standardised value: which evidence called it fake (empty for
+        ``fused``, which has no statistics)."""
+        if self.rule == "fused":
+            return [""] * len(ev["logit"])
+        z = np.nan_to_num(self.standardised(ev), nan=-np.inf)
+        names = list(self.center)
+        return [names[i] for i in z.argmax(1)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ScoreRule:
+        rule = cls(**raw)
+        if rule.rule not in RULES or set(rule.center) != set(rule.scale) or not (rule.rule == "fused" or rule.center):
+            raise ValueError(f"score statistics {raw} are malformed")
+        return rule
+
+
+def fit_score_rule(rule: str, ev: dict[str, np.ndarray], labels: np.ndarray) -> ScoreRule:
+    """``rule`` fitted on validation clips: ``ev`` their evidence, ``labels`` 0 genuine / 1 fake / -1 unknown
+    (left out). ValueError when there are fewer than two genuine clips to measure."""
+    if rule not in RULES:
+        raise ValueError(f"score.rule {rule!r} is not one of {list(RULES)}")
+    if rule == "fused":
+        return ScoreRule()
+    labels = np.asarray(labels)
+    genuine = labels == 0
+    center, scale = {}, {}
+    for name, value in ev.items():
+        reference = value[genuine & ~np.isnan(value)]
+        if len(reference) >= 2:
+            center[name], scale[name] = float(reference.mean()), float(max(reference.std(), MIN_SCALE))
+    if "logit" not in center:
+        raise ValueError(f"score.rule {rule!r} measures the outputs on genuine validation clips; the validation "
+                         f"set has {int(genuine.sum())} genuine clip(s), it needs at least 2")
+    fitted = ScoreRule(rule, center, scale, genuine_clips=int(genuine.sum()))
+    fitted.slope, fitted.intercept = _logistic_map(fitted.combined(ev), labels)
+    return fitted
+
+
+def _logistic_map(combined: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Slope and intercept of a logistic fit of the labels on the combined value; where that cannot give an
+    increasing map (one class, or a fit that would invert the ranking): slope 1, with the genuine clips' median
+    at probability 0.5."""
+    known = labels >= 0
+    x, y = combined[known], labels[known]
+    if len(np.unique(y)) == 2:
+        from sklearn.linear_model import LogisticRegression
+
+        fit = LogisticRegression(C=100.0).fit(x[:, None], y)
+        if fit.coef_[0, 0] > 0:
+            return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    return 1.0, -float(np.median(x[y == 0])) if (y == 0).any() else 0.0

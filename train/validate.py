@@ -1,0 +1,79 @@
+"""The validation pass: every validation clip scored once across all ranks, the score rule (``score.rule``,
+``models.scoring``) fitted on them, and the metrics ``train.loop`` selects the best checkpoint by."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.special import expit
+from tqdm import tqdm
+
+from competition import compute_metrics
+from models.batch import to_device
+from models.scoring import ScoreRule, evidence, fit_score_rule
+from train.config import Config
+from train.data import eval_loader
+from train.parts import gather_predictions
+
+
+@dataclass
+class Validation:
+    """One validation pass: metrics, the score rule fitted on it (``score.rule``) and every clip's scores."""
+
+    metrics: dict
+    rule: ScoreRule
+    keys: list[str]
+    labels: np.ndarray
+    scores: np.ndarray  # the clip scores under the rule
+    head_scores: dict[str, np.ndarray]  # audio-only / visual-only head probabilities (NaN where absent)
+
+    def write_predictions(self, path: Path) -> None:
+        """The clip scores: key, label, score and the audio-only / visual-only scores."""
+        heads = [self.head_scores.get(f"{h}_logit") for h in ("audio", "visual")]
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["video_name", "label", "score", "audio_score", "visual_score"])
+            for i, key in enumerate(self.keys):
+                cells = [self.scores[i], *(None if h is None else h[i] for h in heads)]
+                writer.writerow([key, int(self.labels[i]),
+                                 *("" if x is None or np.isnan(x) else f"{float(x):.6f}" for x in cells)])
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, cfg: Config, urls: list[str], accelerator) -> Validation:
+    """Validation on the unwrapped model (no DDP collective inside the loop), then one gather of all ranks; the
+    score rule is fitted on the gathered clips (every rank fits the same one)."""
+    was_training = model.training
+    model.eval()
+    local = []
+    for batch in tqdm(eval_loader(urls, cfg, accelerator.process_index, accelerator.num_processes),
+                      desc="validate", unit="batch", leave=False, disable=not accelerator.is_main_process):
+        batch = to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            out = model(batch)
+        ev = evidence(out)
+        for i, key in enumerate(batch["key"]):
+            local.append((key, int(batch["label"][i]), {name: float(v[i]) for name, v in ev.items()}))
+    model.train(was_training)
+    rows, n_evaluated = gather_predictions(accelerator, local)
+    labelled = [r for r in rows if r[1] >= 0]
+    if not labelled:
+        raise ValueError("the validation shards have no labelled samples")
+    ev = {name: np.array([r[2][name] for r in rows]) for name in rows[0][2]}
+    labels = np.array([r[1] for r in rows])
+    rule = fit_score_rule(cfg.score.rule, ev, labels)  # the genuine clips were counted at start-up
+    scores = rule.probability(ev)
+    known = labels >= 0
+    metrics = compute_metrics(labels[known], scores[known])
+    metrics["n_evaluated"] = n_evaluated  # > n would mean some clips were scored on several ranks
+    heads = {name: expit(ev[name]) for name in ("logit", "audio_logit", "visual_logit") if name in ev}
+    reported = {"audio": "audio_logit", "visual": "visual_logit"} | ({"fused": "logit"} if rule.rule != "fused" else {})
+    for prefix, name in reported.items():
+        valid = known & ~np.isnan(heads[name]) if name in heads else np.zeros_like(known)
+        if valid.any():  # the clips that have the head's modality
+            metrics[f"{prefix}_auc"] = compute_metrics(labels[valid], heads[name][valid])["auc"]
+    return Validation(metrics, rule, [r[0] for r in rows], labels, scores, heads)
