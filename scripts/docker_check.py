@@ -11,9 +11,10 @@
 3. ``docker build`` of the checkout (tracked and untracked, not ignored files), then again after a code-only
    change (layer order: only the last layers rebuild).
 4. As the image's non-root user, data mounted read-only, ``--network none``:
-   the detector self-check; ``train.sh`` (tiny config) on a small synthetic dataset, stopped after a few steps, and
-   again with ``RESUME=1`` (no repacking, resumes, finishes); ``infer.sh`` with that checkpoint, byte-compared
-   with this machine's ``python -m infer`` on the same videos and checkpoint; ``infer.sh`` with a checkpoint root
+   the detector self-check; ``train.sh`` (tiny config, ``score.rule=mean``) on a small synthetic dataset, stopped
+   after a few steps, and again with ``RESUME=1`` (no repacking, resumes, finishes); ``infer.sh`` with that
+   checkpoint, byte-compared with this machine's ``python -m infer`` on the same videos and checkpoint (and scored
+   by the checkpoint's score rule); ``infer.sh`` with a checkpoint root
    wrote here under umask 077, mounted read-only; ``infer.sh`` on the bad-input folder
    (``scripts.synth.bad_inputs``): a row per video, the failures file and exit code 4.
 It prints each step's time and ends with one JSON line; exit 0 only when every check passed.
@@ -39,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGE = "avdeepfake:docker-check"
 CONTAINER_UID = 1000
 EPOCHS, STEPS_PER_EPOCH = 2, 2
-TRAIN_OVERRIDES = [f"train.epochs={EPOCHS}", f"train.steps_per_epoch={STEPS_PER_EPOCH}", "train.batch_size=4",
-                   "train.eval_batch_size=8"]
+# score.rule=mean: the container fits the late fusion's statistics in training and applies them in infer.sh
+TRAIN_OVERRIDES = ["score.rule=mean", f"train.epochs={EPOCHS}", f"train.steps_per_epoch={STEPS_PER_EPOCH}",
+                   "train.batch_size=4", "train.eval_batch_size=8"]
 STOP_AT_STEP = 3  # the first train.sh run stops here (after epoch 1 saved a best checkpoint); RESUME=1 finishes
 RUN_TIMEOUT = 1800
 STAND_IN_LABEL = "avdeepfake.stand-in"
@@ -360,6 +362,10 @@ def check_infer_matches_host(data: Path, work: Path, output: Path, scratch: Path
                           f"inside the image ({(output / 'submission.failures.csv').read_text()[:500]})")
     if inside.read_bytes() != host.read_bytes():
         raise CheckFailed(f"the container's {inside} differs from this machine's python -m infer ({host})")
+    details = read_csv(output / "submission.details.csv")
+    if not all(r["strongest_evidence"] for r in details if r["status"] == "ok"):
+        raise CheckFailed("infer.sh did not score with the checkpoint's score.rule=mean (no strongest_evidence in "
+                          "submission.details.csv)")
 
 
 def check_host_written_checkpoint(data: Path, work: Path, output: Path, scratch: Path) -> None:
