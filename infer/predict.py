@@ -79,10 +79,11 @@ class Predictor:
         if self.tta:  # mirrored faces: a deepfake cue should not depend on left/right
             flipped = dict(batch, frames=batch["frames"].flip(-1))
             outputs.append(self.model(flipped))
-        views = [evidence(o) for o in outputs]
-        ev = {name: np.mean([view[name] for view in views], 0) for name in views[0]}
         fused = self.rule.rule == "fused"
-        scores, strongest = (None, None) if fused else (self.rule.probability(ev), self.rule.strongest(ev))
+        if not fused:  # the rule reads every output, averaged over the views
+            views = [evidence(o) for o in outputs]
+            ev = {name: np.mean([view[name] for view in views], 0) for name in views[0]}
+            scores, strongest = self.rule.probability(ev), self.rule.strongest(ev)
         result = []
         for i in range(len(samples)):
             row = {"score": _mean_sigmoid(outputs, "logit", i) if fused else float(scores[i]),

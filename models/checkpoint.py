@@ -58,13 +58,18 @@ def save_best(directory: str | Path, state_dict: dict[str, torch.Tensor], config
     return directory
 
 
+def checkpoint_folder(path: Path) -> Path:
+    """The checkpoint folder of ``path``: the folder itself, or the one holding the weights file it names."""
+    return path.parent if path.suffix == ".safetensors" else path
+
+
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu",
                        verify: bool = True) -> tuple[nn.Module, ModelSpec]:
     """The model of a best-checkpoint folder (or its model.safetensors) in eval mode, and its spec.
 
     Raises FileNotFoundError (missing files) or ValueError (corrupt, tampered or mismatched checkpoint)."""
     path = Path(path)
-    directory = path.parent if path.name == WEIGHTS or path.suffix == ".safetensors" else path
+    directory = checkpoint_folder(path)
     weights = path if path.suffix == ".safetensors" else directory / WEIGHTS
     for needed in (weights, directory / CONFIG):
         if not needed.is_file():
@@ -103,8 +108,7 @@ def load_score_rule(path: str | Path, spec: ModelSpec) -> ScoreRule:
     Raises ValueError when the rule needs statistics that info.json does not hold."""
     if spec.score.rule == "fused":
         return ScoreRule()
-    path = Path(path)
-    info_path = (path.parent if path.suffix == ".safetensors" else path) / INFO
+    info_path = checkpoint_folder(Path(path)) / INFO
     try:
         raw = json.loads(info_path.read_text())["score"]
         rule = ScoreRule.from_dict(raw)

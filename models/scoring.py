@@ -57,14 +57,6 @@ def evidence(outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return result
 
 
-def concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Evidence of several batches as one: the outputs every batch has, in order."""
-    if not parts:
-        return {}
-    names = [name for name in parts[0] if all(name in part for part in parts)]
-    return {name: np.concatenate([part[name] for part in parts]) for name in names}
-
-
 @dataclass
 class ScoreRule:
     """A fitted ``score.rule``: per output the genuine clips' mean (``center``) and s.d. (``scale``), and the

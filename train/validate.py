@@ -60,14 +60,13 @@ def evaluate(model: torch.nn.Module, cfg: Config, urls: list[str], accelerator) 
             local.append((key, int(batch["label"][i]), {name: float(v[i]) for name, v in ev.items()}))
     model.train(was_training)
     rows, n_evaluated = gather_predictions(accelerator, local)
-    labelled = [r for r in rows if r[1] >= 0]
-    if not labelled:
+    labels = np.array([r[1] for r in rows])
+    known = labels >= 0
+    if not known.any():
         raise ValueError("the validation shards have no labelled samples")
     ev = {name: np.array([r[2][name] for r in rows]) for name in rows[0][2]}
-    labels = np.array([r[1] for r in rows])
     rule = fit_score_rule(cfg.score.rule, ev, labels)  # the genuine clips were counted at start-up
     scores = rule.probability(ev)
-    known = labels >= 0
     metrics = compute_metrics(labels[known], scores[known])
     metrics["n_evaluated"] = n_evaluated  # > n would mean some clips were scored on several ranks
     heads = {name: expit(ev[name]) for name in ("logit", "audio_logit", "visual_logit") if name in ev}
