@@ -94,7 +94,11 @@ class ClipVoiceEncoder(nn.Module):
     padding, set to 0 afterwards, never enters the statistics), then 2-D convolutions that halve frequency and
     time, and the time axis averaged into ``tokens`` equal spans of the padded length. The frequency bands stay
     apart (channels x bands -> a token): a formant moved up or a band smeared by a vocoder is a matter of where in
-    the spectrum, which pooling over frequency would blur."""
+    the spectrum, which pooling over frequency would blur.
+
+    Each clip is read only up to the end of the span its real audio ends in (clips that end in the same span are
+    read together; the spans after it are masked and left at zero): a clip's tokens do not depend on the other
+    clips of its batch (in eval mode), and a 4-s clip padded to 10 s costs 4 s of convolutions, not 10."""
 
     def __init__(self, n_mels: int, n_fft: int, hop_length: int, channels: list[int], dim: int, tokens: int,
                  backbone: nn.Module | None = None):
@@ -117,6 +121,21 @@ class ClipVoiceEncoder(nn.Module):
         self.proj = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, dim))
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        span = audio.shape[1] / self.tokens
+        starts = torch.arange(self.tokens, device=audio.device) * span
+        spans_read = (lengths.float() / span).ceil().clamp(1, self.tokens).long()  # [N] spans up to the audio's end
+        out = None
+        for n in spans_read.unique().tolist():
+            clips = (spans_read == n).nonzero().squeeze(1)
+            end = min(audio.shape[1], round(n * span))
+            tokens = self._encode(audio[clips, :end], lengths[clips], n)
+            if out is None:
+                out = tokens.new_zeros(audio.shape[0], self.tokens, tokens.shape[-1])
+            out[clips, :n] = tokens
+        return out, starts[None, :] < lengths[:, None]
+
+    def _encode(self, audio: torch.Tensor, lengths: torch.Tensor, tokens: int) -> torch.Tensor:
+        """Waveforms [N, L] (``tokens`` spans) -> [N, tokens, dim]."""
         mel = self.logmel(audio.float())  # [N, 1, M, H]
         hops = mel.shape[-1]
         ends = torch.arange(hops, device=mel.device) * self.hop_length + self.logmel.n_fft  # each STFT frame's end
@@ -127,10 +146,8 @@ class ClipVoiceEncoder(nn.Module):
         var = (((mel - mean[:, None, None, None]) * weight) ** 2).sum((1, 2, 3)) / count
         mel = (mel - mean[:, None, None, None]) / (var[:, None, None, None] + 1e-5).sqrt() * weight
         x = self.convs(mel.to(self.proj[1].weight.dtype)).flatten(1, 2)  # [N, C x bands, H / stride]
-        x = F.adaptive_avg_pool1d(x, self.tokens).transpose(1, 2)  # [N, tokens, C x bands]
-        span = audio.shape[1] / self.tokens
-        starts = torch.arange(self.tokens, device=audio.device) * span
-        return self.proj(x), starts[None, :] < lengths[:, None]
+        x = F.adaptive_avg_pool1d(x, tokens).transpose(1, 2)  # [N, tokens, C x bands]
+        return self.proj(x)
 
 
 class TemporalConv(nn.Module):
