@@ -96,9 +96,11 @@ class ClipVoiceEncoder(nn.Module):
     apart (channels x bands -> a token): a formant moved up or a band smeared by a vocoder is a matter of where in
     the spectrum, which pooling over frequency would blur.
 
-    Each clip is read only up to the end of the span its real audio ends in (clips that end in the same span are
-    read together; the spans after it are masked and left at zero): a clip's tokens do not depend on the other
-    clips of its batch (in eval mode), and a 4-s clip padded to 10 s costs 4 s of convolutions, not 10."""
+    A batch is read only up to the end of the span its longest real audio ends in, and in eval mode each clip up
+    to its own (clips that end in the same span together), so a clip's scores do not depend on the other clips of
+    its batch; the spans after a clip's audio are masked and zero. A batch of 4-s clips padded to 10 s costs 4 s
+    of convolutions, not 10. (Training reads the batch in one call: groups of one or two clips gave BatchNorm
+    per-clip statistics, and on the protocol the audio head lost voice conversion, 0.85-0.90 -> 0.62.)"""
 
     def __init__(self, n_mels: int, n_fft: int, hop_length: int, channels: list[int], dim: int, tokens: int,
                  backbone: nn.Module | None = None):
@@ -124,15 +126,19 @@ class ClipVoiceEncoder(nn.Module):
         span = audio.shape[1] / self.tokens
         starts = torch.arange(self.tokens, device=audio.device) * span
         spans_read = (lengths.float() / span).ceil().clamp(1, self.tokens).long()  # [N] spans up to the audio's end
+        if self.training:  # one call up to the longest clip: BatchNorm's statistics over the whole batch
+            groups = [(int(spans_read.max()), torch.arange(audio.shape[0], device=audio.device))]
+        else:  # clips that end in the same span together: each clip's tokens independent of its batch
+            groups = [(n, (spans_read == n).nonzero().squeeze(1)) for n in spans_read.unique().tolist()]
         out = None
-        for n in spans_read.unique().tolist():
-            clips = (spans_read == n).nonzero().squeeze(1)
+        for n, clips in groups:
             end = min(audio.shape[1], round(n * span))
             tokens = self._encode(audio[clips, :end], lengths[clips], n)
             if out is None:
                 out = tokens.new_zeros(audio.shape[0], self.tokens, tokens.shape[-1])
             out[clips, :n] = tokens
-        return out, starts[None, :] < lengths[:, None]
+        read = torch.arange(self.tokens, device=audio.device)[None, :] < spans_read[:, None]
+        return out * read[:, :, None].to(out.dtype), starts[None, :] < lengths[:, None]
 
     def _encode(self, audio: torch.Tensor, lengths: torch.Tensor, tokens: int) -> torch.Tensor:
         """Waveforms [N, L] (``tokens`` spans) -> [N, tokens, dim]."""

@@ -164,6 +164,8 @@ def test_clip_voice_reads_each_clip_up_to_its_own_audio():
         assert torch.allclose(alone, tokens[i:i + 1], atol=1e-5) and torch.equal(alone_mask, mask[i:i + 1])
     assert mask.sum(1).tolist() == [3, 8, 3]  # 10 s / 8 spans of 1.25 s: 3 s starts three
     assert tokens[0, 3:].abs().sum() == 0 and tokens[1].abs().sum(1).gt(0).all()
+    trained, _ = encoder.train()(audio, lengths)  # training: one call for the batch, the same spans masked
+    assert trained[0, 3:].abs().sum() == 0 and trained[1].abs().sum(1).gt(0).all()
 
 
 @torch.no_grad()
