@@ -14,6 +14,7 @@ skipped, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -153,6 +154,7 @@ def run_generality(data_dir: Path, out_dir: Path, options: GeneralityOptions,
     held_out = resolve_holdout(meta, options.held_out)
     py = sys.executable
     _reset_if_changed(out_dir, {"held_out": held_out, "config": str(options.config),
+                                "config_sha256": hashlib.sha256(Path(options.config).read_bytes()).hexdigest(),
                                 "overrides": options.overrides, "pack_args": options.pack_args})
     subset = out_dir / "data"
     counts = {}
@@ -200,7 +202,8 @@ def _step(marker: Path, cmd: list, clear: Path | None = None) -> None:
 
 
 def _reset_if_changed(out_dir: Path, spec: dict) -> None:
-    """A work folder made with other options (held-out methods, config, overrides) is started afresh."""
+    """A work folder made with other options (held-out methods, config file or its content, overrides) is started
+    afresh."""
     path = out_dir / "spec.json"
     if out_dir.exists() and (not path.is_file() or json.loads(path.read_text()) != spec):
         shutil.rmtree(out_dir)
