@@ -153,9 +153,7 @@ def run_generality(data_dir: Path, out_dir: Path, options: GeneralityOptions,
     meta = read_meta(data_dir)
     held_out = resolve_holdout(meta, options.held_out)
     py = sys.executable
-    _reset_if_changed(out_dir, {"held_out": held_out, "config": str(options.config),
-                                "config_sha256": hashlib.sha256(Path(options.config).read_bytes()).hexdigest(),
-                                "overrides": options.overrides, "pack_args": options.pack_args})
+    _reset_if_changed(out_dir, experiment_spec(options, held_out))
     subset = out_dir / "data"
     counts = {}
     for split in ("train", "val"):
@@ -201,9 +199,16 @@ def _step(marker: Path, cmd: list, clear: Path | None = None) -> None:
     done.write_text(" ".join(map(str, cmd)) + "\n")
 
 
+def experiment_spec(options: GeneralityOptions, held_out: list[str]) -> dict:
+    """What a work folder's results depend on besides the code: held-out methods, the config file and its content,
+    overrides and packing arguments."""
+    return {"held_out": held_out, "config": str(options.config),
+            "config_sha256": hashlib.sha256(Path(options.config).read_bytes()).hexdigest(),
+            "overrides": options.overrides, "pack_args": options.pack_args}
+
+
 def _reset_if_changed(out_dir: Path, spec: dict) -> None:
-    """A work folder made with other options (held-out methods, config file or its content, overrides) is started
-    afresh."""
+    """A work folder made with another ``experiment_spec`` is started afresh."""
     path = out_dir / "spec.json"
     if out_dir.exists() and (not path.is_file() or json.loads(path.read_text()) != spec):
         shutil.rmtree(out_dir)

@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from competition import REAL_CATEGORY, TPR_KEY
 from evaluation.common import binary_metrics, group_metrics, rank_auc, read_csv_rows, read_meta
-from evaluation.generality import method_status, resolve_holdout
+from evaluation.generality import GeneralityOptions, experiment_spec, method_status, resolve_holdout
 from evaluation.shortcuts import FEATURES, media_features, shortcut_audit
 from tests.evaluation.evaluation_demo import GENERALITY_ARGS, ROBUSTNESS_ARGS, SPEED_ARGS, build_demo
 
@@ -205,6 +205,17 @@ def test_robustness_table_and_plot(demo):
     table = read_csv_rows(demo / "eval" / "robustness.csv")
     assert table[0]["perturbation"] == "clean" and len(table) == 1 + len(result["conditions"])
     assert (demo / "eval" / "robustness.png").stat().st_size > 0
+
+
+def test_generality_work_folder_depends_on_the_config_files_content(tmp_path):
+    """Editing the config file (same path) must start the experiment afresh, not reuse the old run's results."""
+    config = tmp_path / "small.yaml"
+    config.write_text("train:\n  epochs: 20\n")
+    options = GeneralityOptions(held_out=["vc_lpc"], config=config)
+    before = experiment_spec(options, ["vc_lpc"])
+    assert experiment_spec(options, ["vc_lpc"]) == before
+    config.write_text("train:\n  epochs: 18\n")
+    assert experiment_spec(options, ["vc_lpc"]) != before
 
 
 def test_generality_holds_methods_and_families_out_of_training(demo):
