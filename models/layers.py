@@ -94,13 +94,7 @@ class ClipVoiceEncoder(nn.Module):
     padding, set to 0 afterwards, never enters the statistics), then 2-D convolutions that halve frequency and
     time, and the time axis averaged into ``tokens`` equal spans of the padded length. The frequency bands stay
     apart (channels x bands -> a token): a formant moved up or a band smeared by a vocoder is a matter of where in
-    the spectrum, which pooling over frequency would blur.
-
-    A batch is read only up to the end of the span its longest real audio ends in, and in eval mode each clip up
-    to its own (clips that end in the same span together), so a clip's scores do not depend on the other clips of
-    its batch; the spans after a clip's audio are masked and zero. A batch of 4-s clips padded to 10 s costs 4 s
-    of convolutions, not 10. (Training reads the batch in one call: groups of one or two clips gave BatchNorm
-    per-clip statistics, and on the protocol the audio head lost voice conversion, 0.85-0.90 -> 0.62.)"""
+    the spectrum, which pooling over frequency would blur."""
 
     def __init__(self, n_mels: int, n_fft: int, hop_length: int, channels: list[int], dim: int, tokens: int,
                  backbone: nn.Module | None = None):
@@ -123,25 +117,6 @@ class ClipVoiceEncoder(nn.Module):
         self.proj = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, dim))
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        span = audio.shape[1] / self.tokens
-        starts = torch.arange(self.tokens, device=audio.device) * span
-        spans_read = (lengths.float() / span).ceil().clamp(1, self.tokens).long()  # [N] spans up to the audio's end
-        if self.training:  # one call up to the longest clip: BatchNorm's statistics over the whole batch
-            groups = [(int(spans_read.max()), torch.arange(audio.shape[0], device=audio.device))]
-        else:  # clips that end in the same span together: each clip's tokens independent of its batch
-            groups = [(n, (spans_read == n).nonzero().squeeze(1)) for n in spans_read.unique().tolist()]
-        out = None
-        for n, clips in groups:
-            end = min(audio.shape[1], round(n * span))
-            tokens = self._encode(audio[clips, :end], lengths[clips], n)
-            if out is None:
-                out = tokens.new_zeros(audio.shape[0], self.tokens, tokens.shape[-1])
-            out[clips, :n] = tokens
-        read = torch.arange(self.tokens, device=audio.device)[None, :] < spans_read[:, None]
-        return out * read[:, :, None].to(out.dtype), starts[None, :] < lengths[:, None]
-
-    def _encode(self, audio: torch.Tensor, lengths: torch.Tensor, tokens: int) -> torch.Tensor:
-        """Waveforms [N, L] (``tokens`` spans) -> [N, tokens, dim]."""
         mel = self.logmel(audio.float())  # [N, 1, M, H]
         hops = mel.shape[-1]
         ends = torch.arange(hops, device=mel.device) * self.hop_length + self.logmel.n_fft  # each STFT frame's end
@@ -152,8 +127,10 @@ class ClipVoiceEncoder(nn.Module):
         var = (((mel - mean[:, None, None, None]) * weight) ** 2).sum((1, 2, 3)) / count
         mel = (mel - mean[:, None, None, None]) / (var[:, None, None, None] + 1e-5).sqrt() * weight
         x = self.convs(mel.to(self.proj[1].weight.dtype)).flatten(1, 2)  # [N, C x bands, H / stride]
-        x = F.adaptive_avg_pool1d(x, tokens).transpose(1, 2)  # [N, tokens, C x bands]
-        return self.proj(x)
+        x = F.adaptive_avg_pool1d(x, self.tokens).transpose(1, 2)  # [N, tokens, C x bands]
+        span = audio.shape[1] / self.tokens
+        starts = torch.arange(self.tokens, device=audio.device) * span
+        return self.proj(x), starts[None, :] < lengths[:, None]
 
 
 class TemporalConv(nn.Module):

@@ -149,26 +149,6 @@ def test_clip_voice_tokens_hear_the_real_audio_only(backbone):
 
 
 @torch.no_grad()
-def test_clip_voice_reads_each_clip_up_to_its_own_audio():
-    """A clip's voice tokens are the same alone or batched with longer clips (each clip is read up to the span its
-    audio ends in), and the spans after that are masked."""
-    torch.manual_seed(0)
-    cfg = load_config(TINY, ["model.clip_audio_tokens=8", "model.clip_audio_backbone=test_resnet"])
-    encoder = create_model(cfg).eval().clip_voice
-    batch = example_batch(cfg.data, 3)
-    lengths = torch.tensor([3 * 16000, 10 * 16000, 3 * 16000 + 100])
-    audio = batch["audio"] * (torch.arange(batch["audio"].shape[1])[None, :] < lengths[:, None])
-    tokens, mask = encoder(audio, lengths)
-    for i in range(3):
-        alone, alone_mask = encoder(audio[i:i + 1], lengths[i:i + 1])
-        assert torch.allclose(alone, tokens[i:i + 1], atol=1e-5) and torch.equal(alone_mask, mask[i:i + 1])
-    assert mask.sum(1).tolist() == [3, 8, 3]  # 10 s / 8 spans of 1.25 s: 3 s starts three
-    assert tokens[0, 3:].abs().sum() == 0 and tokens[1].abs().sum(1).gt(0).all()
-    trained, _ = encoder.train()(audio, lengths)  # training: one call for the batch, the same spans masked
-    assert trained[0, 3:].abs().sum() == 0 and trained[1].abs().sum(1).gt(0).all()
-
-
-@torch.no_grad()
 def test_circular_temporal_padding_keeps_position_out_of_the_lip_tokens():
     """Identical mouth crops in every frame of a window: with circular padding every lip token is the same (the
     synchrony losses can only match lips to audio by content); with zero padding the tokens tell the frame's place
