@@ -14,7 +14,6 @@ skipped, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from evaluation.common import (
     write_table,
 )
 from evaluation.plots import plot_generality
+from shards.assets import sha256
 from train.config import load_config
 from train.data import pack_arguments
 
@@ -203,7 +203,7 @@ def experiment_spec(options: GeneralityOptions, held_out: list[str]) -> dict:
     """What a work folder's results depend on besides the code: held-out methods, the config file and its content,
     overrides and packing arguments."""
     return {"held_out": held_out, "config": str(options.config),
-            "config_sha256": hashlib.sha256(Path(options.config).read_bytes()).hexdigest(),
+            "config_sha256": sha256(Path(options.config)),
             "overrides": options.overrides, "pack_args": options.pack_args}
 
 
