@@ -29,7 +29,7 @@ class Validation:
     keys: list[str]
     labels: np.ndarray
     scores: np.ndarray  # the clip scores under the rule
-    head_scores: dict[str, np.ndarray]  # audio-only / visual-only head probabilities (NaN where absent)
+    head_scores: dict[str, np.ndarray]  # each head's probability (logit, audio_logit, ...; NaN where absent)
 
     def write_predictions(self, path: Path) -> None:
         """The clip scores: key, label, score and the audio-only / visual-only scores."""
@@ -69,8 +69,9 @@ def evaluate(model: torch.nn.Module, cfg: Config, urls: list[str], accelerator) 
     scores = rule.probability(ev)
     metrics = compute_metrics(labels[known], scores[known])
     metrics["n_evaluated"] = n_evaluated  # > n would mean some clips were scored on several ranks
-    heads = {name: expit(ev[name]) for name in ("logit", "audio_logit", "visual_logit") if name in ev}
-    reported = {"audio": "audio_logit", "visual": "visual_logit"} | ({"fused": "logit"} if rule.rule != "fused" else {})
+    heads = {name: expit(ev[name]) for name in ev if name.endswith("logit")}  # the fused head and each other head
+    reported = {name.removesuffix("_logit"): name for name in heads if name != "logit"}
+    reported |= {"fused": "logit"} if rule.rule != "fused" else {}
     for prefix, name in reported.items():
         valid = known & ~np.isnan(heads[name]) if name in heads else np.zeros_like(known)
         if valid.any():  # the clips that have the head's modality
