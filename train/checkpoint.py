@@ -60,7 +60,7 @@ class TrainerState:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-    evaluated: bool = False  # the current epoch's validation is done (and saved)
+    evaluated: bool = False  # the current epoch is closed: its validation (if it has one) is done and saved
     best: dict | None = None  # the best validation record so far
     history: list[dict] = field(default_factory=list)  # one validation record per epoch
     mlflow_run_id: str | None = None

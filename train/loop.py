@@ -33,7 +33,7 @@ from models.checkpoint import save_best
 from models.counting import check_size, thop_counts
 from train import checkpoint
 from train.checkpoint import TrainerState
-from train.config import Config, ConfigError, check_pretrained, dump_config, flatten, load_config
+from train.config import Config, ConfigError, TrainConfig, check_pretrained, dump_config, flatten, load_config
 from train.data import (
     check_shards_match,
     count_samples,
@@ -272,34 +272,8 @@ def train_epochs(job: Job, trainer: TrainerState) -> dict:
             progress.close()
             del batches
 
-            eval_model = ema.model if ema is not None else unwrapped
-            sync_buffers(accelerator, eval_model)
-            validation = evaluate(eval_model, cfg, job.val_urls, accelerator)
-            metrics = validation.metrics
-            record = {"epoch": epoch + 1, "global_step": trainer.global_step, **metrics}
-            trainer.history.append(record)
-            log.info("epoch %d validation: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v
-                                                             for k, v in metrics.items() if k != "note"})
-            if main_process:
-                validation.write_predictions(out / "val_predictions.csv")
-            tracker.log_metrics({f"val/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
-                                | {"epoch": epoch + 1}, step=trainer.global_step)
-            if is_selected(metrics, trainer.best, cfg.train.select):
-                trainer.best = record
-                state_dict = eval_model.state_dict() if ema is not None else accelerator.get_state_dict(model)
-                if main_process:
-                    save_best(out / "best", state_dict, cfg, {
-                        "code_version": summary["code_version"], "metrics": metrics, "epoch": epoch + 1,
-                        "global_step": trainer.global_step, "params": summary["params"], "ema": ema is not None,
-                        "score": validation.rule.to_dict()})
-                    if cfg.log.plots:
-                        known = validation.labels >= 0
-                        for path in save_plots(validation.labels[known], validation.scores[known], out / "plots",
-                                               f"validation, epoch {epoch + 1}"):
-                            tracker.log_artifact(path, "plots")
-                    log.info("epoch %d (auc %s) saved to %s (train.select: %s)", epoch + 1, metrics.get("auc"),
-                             out / "best", cfg.train.select)
-                accelerator.wait_for_everyone()
+            if validates_after(epoch, t):
+                validate_epoch(job, trainer, epoch)
             trainer.evaluated = True
             checkpoint.save_state(accelerator, out, trainer)
             summary["throughput"] = throughput(speed, clips_per_step, cfg.data.frames, accelerator.device)
@@ -322,6 +296,44 @@ def train_epochs(job: Job, trainer: TrainerState) -> dict:
         tracker.log_artifact(out / "config.yaml")
     return summary
 
+
+def validates_after(epoch: int, t: TrainConfig) -> bool:
+    """Whether epoch ``epoch`` (0-based) ends with a validation: every ``train.eval_every_epochs``-th and the last."""
+    return (epoch + 1) % t.eval_every_epochs == 0 or epoch + 1 == t.epochs
+
+
+def validate_epoch(job: Job, trainer: TrainerState, epoch: int) -> None:
+    """Validation at the end of ``epoch``: metrics logged, and ``best/`` written when ``train.select`` picks it."""
+    cfg, out, accelerator, model, unwrapped = job.cfg, job.out, job.accelerator, job.model, job.unwrapped
+    ema, tracker, summary, main_process = job.ema, job.tracker, job.summary, accelerator.is_main_process
+    eval_model = ema.model if ema is not None else unwrapped
+    sync_buffers(accelerator, eval_model)
+    validation = evaluate(eval_model, cfg, job.val_urls, accelerator)
+    metrics = validation.metrics
+    record = {"epoch": epoch + 1, "global_step": trainer.global_step, **metrics}
+    trainer.history.append(record)
+    log.info("epoch %d validation: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v
+                                                     for k, v in metrics.items() if k != "note"})
+    if main_process:
+        validation.write_predictions(out / "val_predictions.csv")
+    tracker.log_metrics({f"val/{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
+                        | {"epoch": epoch + 1}, step=trainer.global_step)
+    if is_selected(metrics, trainer.best, cfg.train.select):
+        trainer.best = record
+        state_dict = eval_model.state_dict() if ema is not None else accelerator.get_state_dict(model)
+        if main_process:
+            save_best(out / "best", state_dict, cfg, {
+                "code_version": summary["code_version"], "metrics": metrics, "epoch": epoch + 1,
+                "global_step": trainer.global_step, "params": summary["params"], "ema": ema is not None,
+                "score": validation.rule.to_dict()})
+            if cfg.log.plots:
+                known = validation.labels >= 0
+                for path in save_plots(validation.labels[known], validation.scores[known], out / "plots",
+                                       f"validation, epoch {epoch + 1}"):
+                    tracker.log_artifact(path, "plots")
+            log.info("epoch %d (auc %s) saved to %s (train.select: %s)", epoch + 1, metrics.get("auc"),
+                     out / "best", cfg.train.select)
+        accelerator.wait_for_everyone()
 
 
 def train_step(model, unwrapped, optimizer, batches, accelerator, t) -> tuple[torch.Tensor, dict, object, float]:

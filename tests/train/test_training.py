@@ -66,9 +66,11 @@ def test_run_outputs(full_run):
 def test_resume_after_stop_reproduces_the_uninterrupted_run(full_run, tiny_shards, tmp_path):
     out = tmp_path / "stopped"
     last = "train.select=last"  # changes which epoch lands in best/, not the losses
-    run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, last, "train.stop_after_steps=4"))  # mid-epoch 2
+    # and no validation after epoch 1: how often a run validates must not change its training either
+    args = [*RUN_ARGS, last, "train.eval_every_epochs=2"]
+    run_cli(train_cmd(tiny_shards, out, *args, "train.stop_after_steps=4"))  # mid-epoch 2
     assert max(step_losses(out)) == 4
-    resumed = run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, last, "--resume"))
+    resumed = run_cli(train_cmd(tiny_shards, out, *args, "--resume"))
     assert "face pretraining" not in resumed.stderr  # the saved state holds the pretrained encoder
     expected, got = step_losses(full_run), step_losses(out)
     assert sorted(got) == list(range(1, STEPS + 1))
@@ -78,6 +80,7 @@ def test_resume_after_stop_reproduces_the_uninterrupted_run(full_run, tiny_shard
     reference = json.loads((full_run / "metrics.json").read_text())["final"]
     assert metrics["final"]["log_loss"] == pytest.approx(reference["log_loss"], abs=1e-6)
     assert metrics["best"] == metrics["final"]  # train.select=last
+    assert [row["epoch"] for row in metrics["history"]] == [2]
     assert json.loads((out / "best" / "info.json").read_text())["epoch"] == 2
 
 
@@ -167,6 +170,7 @@ def test_best_checkpoint_reproduces_its_validation_metrics(full_run, tiny_shards
     assert recomputed["log_loss"] == pytest.approx(info["metrics"]["log_loss"], abs=1e-5)
     fused_head = compute_metrics(labels, torch.sigmoid(out["logit"]).numpy())
     assert fused_head["auc"] == pytest.approx(info["metrics"]["fused_auc"])  # and the fused head, reported beside
+    assert {"audio_auc", "visual_auc", "blend_auc"} <= set(info["metrics"])  # and each other head
     same, _ = load_for_inference(full_run / "best" / "model.safetensors")  # the weights file works as well
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), same.state_dict().values(), strict=True))
 
