@@ -30,6 +30,13 @@ clips against self-blended faces only (``blend_label``; the real fakes never rea
 Voice head (``model.voice_head``): a linear head on the mean of the clip voice tokens, trained by ``loss.voice`` on
 the audio label, so the voice encoder learns from the labels directly and not only through the fusion transformer;
 its ``voice_logit`` (0 for a clip without audio) joins the fused head detached, as the blend score does.
+
+Stream heads (``model.stream_heads``): a linear head on each frame's face token and one on each frame's lip token,
+before fusion; their clip means ``face_logit`` and ``lip_logit`` are trained by ``loss.stream`` on the visual label
+as a noisy OR (``noisy_or_loss``): a fake needs one stream that calls it fake, a genuine clip needs both to call it
+genuine. Most visual fakes of a lip-sync-heavy training set change the mouth only; with the face stream alone on
+the visual label, those teach it to call genuine-looking faces fake (README "Generality protocol"), while under the
+OR the lip stream can take them. They are evidence for ``score.rule``; the fused head does not read them.
 """
 
 from __future__ import annotations
@@ -158,6 +165,8 @@ class AVTransformer(nn.Module):
         # per frame: genuine face or self-blended one (model.blend_head; trained by loss.blend on those clips only)
         self.blend_head = nn.Linear(d, 1) if m.blend_head else None
         self.voice_head = nn.Linear(d, 1) if m.voice_head else None  # the clip voice tokens' own audio-fake head
+        self.face_head = nn.Linear(d, 1) if m.stream_heads else None  # per frame, face token (loss.stream)
+        self.lip_head = nn.Linear(d, 1) if m.stream_heads else None  # per frame, lip token (loss.stream)
         # the fused head also reads the clip's sync evidence, whether it has any, and the detached blend / voice scores
         self.head = nn.Linear(d + 2 + int(m.blend_head) + int(m.voice_head), 1)
         self.audio_head = nn.Linear(d, 1)
@@ -172,7 +181,8 @@ class AVTransformer(nn.Module):
             nn.init.trunc_normal_(p, std=0.02)
         for module in [self.face.proj, self.mouth.proj, self.lip_motion, self.voice, self.voice_motion, self.blocks,
                        self.norm, self.head, self.audio_head, self.visual_head, self.token_head, self.sync_lips,
-                       self.sync_voice, self.blend_head or nn.Identity(), self.voice_head or nn.Identity()]:
+                       self.sync_voice, self.blend_head or nn.Identity(), self.voice_head or nn.Identity(),
+                       self.face_head or nn.Identity(), self.lip_head or nn.Identity()]:
             module.apply(_init_weights)
         if self.clip_voice is not None:
             nn.init.trunc_normal_(self.clip_voice_embed, std=0.02)
@@ -250,6 +260,9 @@ class AVTransformer(nn.Module):
         if self.voice_head is not None:
             heads["voice_logit"] = clip_mean(self.voice_head(clip_tokens).squeeze(-1).float(), clip_mask)
             evidence.append(heads["voice_logit"].detach())  # the voice head learns from loss.voice alone
+        if self.face_head is not None:
+            heads["face_logit"] = clip_mean(self.face_head(face).squeeze(-1).float(), vmask)
+            heads["lip_logit"] = clip_mean(self.lip_head(lips).squeeze(-1).float(), vmask)
         fused = torch.cat([av[:, 0], torch.stack(evidence, -1).to(av.dtype)], -1)
         return {
             "logit": self.head(fused).squeeze(-1).float(),
@@ -341,7 +354,19 @@ class AVTransformer(nn.Module):
         if self.voice_head is not None:
             parts["voice"] = masked_mean(bce(out["voice_logit"], y_audio), has_a)
             total = total + w.voice * parts["voice"]
+        if self.face_head is not None:
+            parts["stream"] = masked_mean(noisy_or_loss(out["face_logit"], out["lip_logit"], y_visual), has_v)
+            total = total + w.stream * parts["stream"]
         return total, parts
+
+
+def noisy_or_loss(a: torch.Tensor, b: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per clip, the cross-entropy of P(fake) = 1 - (1 - sigmoid(a)) (1 - sigmoid(b)) against ``target`` (0/1):
+    genuine needs both logits low; fake needs either high, and its gradient goes mostly to the higher one."""
+    log_genuine = F.logsigmoid(-a.float()) + F.logsigmoid(-b.float())  # log P(both say genuine)
+    log_fake = torch.log(-torch.expm1(log_genuine.clamp(max=-1e-6)))  # log(1 - P(both say genuine))
+    target = target.float().clamp(min=0)
+    return -(target * log_fake + (1 - target) * log_genuine)
 
 
 def clip_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

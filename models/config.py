@@ -43,6 +43,12 @@ class ModelConfig:
     # A per-frame head on the face tokens that tells genuine faces from self-blended ones (train.augment.self_blend),
     # trained on those alone (loss.blend); the clip's mean of it, detached, is one more input of the fused head.
     blend_head: bool = False
+    # Per-stream heads: a linear head on each frame's face token and one on each frame's lip token, their clip means
+    # (face_logit, lip_logit) trained together on the visual label as a noisy OR (loss.stream): a visual fake needs
+    # only one of the two streams to call it fake, so mouth-only fakes (lip sync), whose faces look genuine, can be
+    # explained by the lips and need not teach the face stream to call genuine-looking faces fake. Their logits
+    # are evidence for score.rule mean / max; the fused head does not read them.
+    stream_heads: bool = False
     # Mouth encoder: any timm model, applied per mouth crop, then a temporal convolution within each window.
     mouth_backbone: str = "resnet18"
     mouth_pretrained: str | None = None
@@ -90,6 +96,7 @@ class LossConfig:
     token: float = 0.1  # per-time token logits (multiple-instance loss)
     blend: float = 0.0  # model.blend_head: genuine vs self-blended faces, per frame
     voice: float = 0.0  # model.voice_head: the clip voice tokens' own audio-fake head
+    stream: float = 0.0  # model.stream_heads: face or lips (noisy OR) on the visual label
 
 
 @dataclass

@@ -4,7 +4,7 @@
 
 ``mean`` / ``max``: a late fusion of every piece of evidence the model outputs, each oriented so that larger
 means more fake (``EVIDENCE``): the fused, audio-only and visual-only logits, the lip/audio synchrony evidence
-negated, and the blend and voice logits when the model has those heads. Each is standardised by its mean and
+negated, and the blend, voice, face and lip logits when the model has those heads. Each is standardised by its mean and
 s.d. over the genuine validation clips; a clip's standardised values are then averaged (``mean``) or the largest
 is taken (``max``). Evidence a clip cannot have (no audio: the audio, voice and sync evidence; no face: the
 visual, blend and sync evidence) is left out of that clip. A logistic fit of the combined value on the validation
@@ -36,6 +36,8 @@ EVIDENCE: dict[str, tuple[float, tuple[str, ...]]] = {
     "sync_score": (-1.0, ("audio", "face")),  # > 0 means in sync: negated
     "blend_logit": (1.0, ("face",)),
     "voice_logit": (1.0, ("audio",)),
+    "face_logit": (1.0, ("face",)),
+    "lip_logit": (1.0, ("face",)),
 }
 MIN_SCALE = 1e-6  # an output that is constant on genuine clips must not divide by zero
 

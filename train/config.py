@@ -254,6 +254,8 @@ def validate(cfg: Config, source: str) -> None:
     if cfg.model.blend_head:
         need(cfg.loss.blend > 0 and blend > 0, "model.blend_head learns from self-blended clips: it needs "
              "loss.blend > 0 and data.augment.self_blend > 0")
+    if cfg.model.stream_heads:
+        need(cfg.loss.stream > 0, "model.stream_heads learn from loss.stream: set loss.stream > 0")
     if cfg.model.voice_head:
         need(cfg.loss.voice > 0 and cfg.model.clip_audio_tokens > 0, "model.voice_head reads the clip voice tokens "
              "and learns from loss.voice: it needs model.clip_audio_tokens > 0 and loss.voice > 0")

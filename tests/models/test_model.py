@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from models import create_model, list_models
+from models.av_model import noisy_or_loss
 from models.batch import collate, example_batch, prepare
 from models.layers import window_audio
 from train.config import load_config
@@ -94,6 +95,35 @@ def test_voice_head_trains_the_clip_voice_encoder_on_the_audio_label():
     assert per_clip[2] == 0 and (per_clip[:2] != 0).all()
     encoder = torch.autograd.grad(parts["voice"], model.clip_voice.proj[1].weight)[0]
     assert encoder.abs().sum() > 0
+
+
+def test_noisy_or_needs_one_stream_for_a_fake_and_both_for_a_genuine_clip():
+    high, low = torch.tensor([6.0]), torch.tensor([-6.0])
+    fake, genuine = torch.tensor([1]), torch.tensor([0])
+    assert noisy_or_loss(high, low, fake) < 0.01 and noisy_or_loss(low, high, fake) < 0.01  # either stream will do
+    assert noisy_or_loss(low, low, fake) > 5
+    assert noisy_or_loss(low, low, genuine) < 0.01 and noisy_or_loss(low, high, genuine) > 5  # both must say genuine
+    a, b = torch.tensor([3.0], requires_grad=True), torch.tensor([-3.0], requires_grad=True)
+    ga, gb = torch.autograd.grad(noisy_or_loss(a, b, fake).sum(), [a, b])
+    assert abs(ga.item()) > 5 * abs(gb.item())  # a fake's gradient goes mostly to the stream that already calls it
+    expected = -torch.log(1 - torch.sigmoid(-a) * torch.sigmoid(-b)).detach()
+    assert torch.allclose(noisy_or_loss(a, b, fake).detach(), expected, atol=1e-6)
+
+
+def test_stream_heads_score_face_and_lips_and_learn_from_the_visual_label():
+    torch.manual_seed(0)
+    cfg = load_config(TINY, ["model.stream_heads=true", "loss.stream=0.5"])
+    model = create_model(cfg)
+    batch = example_batch(cfg.data, 3)
+    batch["visual_mask"][2] = False  # clip 2 has no face: no stream loss
+    out = model(batch)
+    assert out["face_logit"].shape == (3,) and out["lip_logit"].shape == (3,)
+    _, parts = model.loss(out, batch)
+    assert "stream" in parts
+    assert torch.autograd.grad(parts["main"], model.face_head.weight, allow_unused=True)[0] is None
+    per_clip = torch.autograd.grad(parts["stream"], out["face_logit"], retain_graph=True)[0]
+    assert per_clip[2] == 0 and (per_clip[:2] != 0).all()
+    assert torch.autograd.grad(parts["stream"], model.face.proj[1].weight)[0].abs().sum() > 0  # reaches the encoder
 
 
 @torch.no_grad()
