@@ -4,10 +4,10 @@
 
 ``mean`` / ``max``: a late fusion of every piece of evidence the model outputs, each oriented so that larger
 means more fake (``EVIDENCE``): the fused, audio-only and visual-only logits, the lip/audio synchrony evidence
-negated, and the blend, voice, face and lip logits when the model has those heads. Each is standardised by its mean and
-s.d. over the genuine validation clips; a clip's standardised values are then averaged (``mean``) or the largest
-is taken (``max``). Evidence a clip cannot have (no audio: the audio, voice and sync evidence; no face: the
-visual, blend and sync evidence) is left out of that clip. A logistic fit of the combined value on the validation
+negated, and the blend, voice, face and lip logits when the model has those heads. Each is standardised by its
+mean and s.d. over the genuine validation clips; a clip's standardised values are then averaged (``mean``) or the
+largest is taken (``max``). Evidence a clip cannot have (no audio: the audio, voice and sync evidence; no face: the
+visual, blend, face, lip and sync evidence) is left out of that clip. A logistic fit of the combined value on the validation
 labels maps it to a probability; the map is increasing, so the ranking (and the AUC) is the combined value's.
 
 Why: the fused head under-uses evidence that scores unseen fakes well on its own (README "Generality protocol":

@@ -73,7 +73,7 @@ def evaluate(model: torch.nn.Module, cfg: Config, urls: list[str], accelerator) 
     reported = {name.removesuffix("_logit"): name for name in heads if name != "logit"}
     reported |= {"fused": "logit"} if rule.rule != "fused" else {}
     for prefix, name in reported.items():
-        valid = known & ~np.isnan(heads[name]) if name in heads else np.zeros_like(known)
+        valid = known & ~np.isnan(heads[name])
         if valid.any():  # the clips that have the head's modality
             metrics[f"{prefix}_auc"] = compute_metrics(labels[valid], heads[name][valid])["auc"]
     return Validation(metrics, rule, [r[0] for r in rows], labels, scores, heads)
