@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra config override, repeatable (e.g. --set train.batch_size=32; data.* clip options also reach --prepare)")
     parser.add_argument("--prepare", action="store_true",
                         help="CPU machine: make synthetic videos and pack them into --shards with the config's options")
-    parser.add_argument("--videos", type=int, default=40, help="--prepare: synthetic videos (60%% train, 20%% val)")
+    parser.add_argument("--videos", type=int, default=20,
+                        help="--prepare: synthetic videos (60%% train, 20%% val; throughput needs no more)")
     return parser.parse_args(argv)
 
 
@@ -249,6 +250,13 @@ def check(args: argparse.Namespace) -> dict:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device visible; use --device cpu for a dry run")
+    from train.config import ConfigError, check_pretrained, load_config
+
+    try:  # one clear message now rather than the same failure in every training run
+        check_pretrained(load_config(args.config, args.overrides), str(args.config))
+    except ConfigError as error:
+        raise SystemExit(f"gpu_check: {error} (throughput does not depend on the weights: "
+                         "--set model.visual_pretrained=none --set model.mouth_pretrained=none)") from None
     for split in ("train", "val"):
         if not (args.shards / split).is_dir():
             raise SystemExit(f"gpu_check: {args.shards / split} is missing; pack shards on a CPU machine with "

@@ -356,3 +356,15 @@ def test_gpu_check_dry_run_on_the_cpu(tiny_shards, tmp_path):
     assert report["macs_per_clip"] > 0
     for precision in ("bf16", "fp32"):
         assert report["inference"][precision]["clips_per_s"] > 0
+
+
+def test_gpu_check_refuses_missing_weights_before_any_run(tmp_path):
+    """A weight file the config names but nobody fetched stops the check at once, with the fetch command."""
+    missing = tmp_path / "weights" / "vit.safetensors"
+    command = [sys.executable, "-m", "scripts.gpu_check", "--device", "cpu", "--config", "configs/tiny.yaml",
+               "--shards", tmp_path / "no_shards", "--out", tmp_path / "check.json",
+               "--set", f"model.visual_pretrained={missing}"]
+    result = subprocess.run([str(a) for a in command], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and not (tmp_path / "check.json").exists()
+    assert str(missing) in result.stderr and "scripts.fetch_pretrained" in result.stderr
+    assert "model.visual_pretrained=none" in result.stderr
