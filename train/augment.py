@@ -7,7 +7,11 @@ slightly moved, recoloured and re-sampled, pasted inside a soft elliptical mask)
 ``self_vocode`` re-synthesises a genuine clip's audio from its magnitude spectrogram (Griffin-Lim), a converted
 voice without a target speaker. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so
 that a model cannot rely on where speech starts (fakes in FakeAVCeleb / AV-Deepfake1M start with silence).
-Every function draws from the ``numpy.random.Generator`` it is given: no global RNG.
+Every function draws from the ``numpy.random.Generator`` it is given: no global RNG (the sensor noise comes from
+OpenCV's generator, seeded from that one right before each use).
+
+Each visual op works on the whole clip at once where OpenCV can (a [T*H, W, 3] image): on a 224-px training clip
+this keeps the augmentation cheaper than decoding it, which a GPU's data loader needs (README, GPU check).
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ FACE_PARTS = {
 def augment_frames(frames: np.ndarray, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """``frames`` uint8 [T, H, W, 3] RGB -> augmented uint8 array of the same shape."""
     t, h, w, _ = frames.shape
-    x = frames
+    x = np.ascontiguousarray(frames)
     if rng.random() < aug.flip:
-        x = x[:, :, ::-1]
+        x = cv2.flip(as_image(x), 1).reshape(x.shape)  # flips each row, so each frame, left-right
     if rng.random() < aug.color:
         x = _color_jitter(x, rng)
     if rng.random() < aug.resize:
@@ -45,10 +49,9 @@ def augment_frames(frames: np.ndarray, aug: AugmentConfig, rng: np.random.Genera
                                  interpolation=cv2.INTER_LINEAR) for f in x])
     if rng.random() < aug.blur:
         sigma = rng.uniform(0.3, 1.5) * h / 224
-        x = np.stack([cv2.GaussianBlur(np.ascontiguousarray(f), (0, 0), max(sigma, 0.1)) for f in x])
+        x = np.stack([cv2.GaussianBlur(f, (0, 0), max(sigma, 0.1)) for f in x])
     if rng.random() < aug.noise:
-        std = rng.uniform(2.0, 10.0)
-        x = np.clip(x.astype(np.float32) + rng.normal(0.0, std, x.shape).astype(np.float32), 0, 255).astype(np.uint8)
+        x = _sensor_noise(x, rng.uniform(2.0, 10.0), int(rng.integers(2**31)))
     if rng.random() < aug.cutout:
         x = _cutout(np.array(x), rng)
     if rng.random() < aug.jpeg:
@@ -58,22 +61,42 @@ def augment_frames(frames: np.ndarray, aug: AugmentConfig, rng: np.random.Genera
 
 
 def jpeg_recompress(frames: np.ndarray, quality: int) -> np.ndarray:
-    out = []
-    for f in frames:
-        ok, data = cv2.imencode(".jpg", np.ascontiguousarray(f[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    """Each RGB frame [T, H, W, 3] through a JPEG encode and decode at ``quality``."""
+    bgr = cv2.cvtColor(as_image(np.ascontiguousarray(frames)), cv2.COLOR_RGB2BGR).reshape(frames.shape)
+    for frame in bgr:
+        ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise RuntimeError("OpenCV could not JPEG-encode a frame")
-        out.append(cv2.imdecode(data, cv2.IMREAD_COLOR)[:, :, ::-1])
-    return np.stack(out)
+        frame[:] = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return cv2.cvtColor(as_image(bgr), cv2.COLOR_BGR2RGB).reshape(frames.shape)
+
+
+def as_image(x: np.ndarray) -> np.ndarray:
+    """A contiguous uint8 clip [T, H, W, 3] as one [T*H, W, 3] image (a view), for OpenCV's per-pixel ops."""
+    return x.reshape(-1, x.shape[2], x.shape[3])
+
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _color_jitter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    f = x.astype(np.float32)
-    gray = f @ np.array([0.299, 0.587, 0.114], np.float32)
-    f = gray[..., None] + rng.uniform(0.6, 1.4) * (f - gray[..., None])  # saturation
-    mean = gray.mean()
-    f = (f - mean) * rng.uniform(0.7, 1.3) + mean + rng.uniform(-25, 25)  # contrast, brightness
-    return np.clip(f, 0, 255).astype(np.uint8)
+    """Saturation s around each pixel's grey g = f . LUMA, then contrast c around the clip's mean grey and
+    brightness b: c * (g + s * (f - g) - mean) + mean + b, one 3x4 affine map per pixel (rounded, saturated)."""
+    saturation, contrast, brightness = rng.uniform(0.6, 1.4), rng.uniform(0.7, 1.3), rng.uniform(-25, 25)
+    image = as_image(x)
+    mean = float(np.array(cv2.mean(image)[:3], np.float32) @ LUMA)
+    linear = contrast * (saturation * np.eye(3, dtype=np.float32) + (1 - saturation) * np.outer(np.ones(3), LUMA))
+    offset = np.full((3, 1), (1 - contrast) * mean + brightness)
+    return cv2.transform(image, np.hstack([linear, offset]).astype(np.float32)).reshape(x.shape)
+
+
+def _sensor_noise(x: np.ndarray, std: float, seed: int) -> np.ndarray:
+    """Gaussian noise of ``std`` grey levels on every pixel; OpenCV draws it (4x faster than numpy) from ``seed``."""
+    cv2.setRNGSeed(seed)
+    noise = np.empty(x.shape, np.float32)
+    cv2.randn(noise, 0.0, std)
+    noise += x
+    return np.clip(noise, 0, 255, out=noise).astype(np.uint8)
 
 
 def _cutout(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:

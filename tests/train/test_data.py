@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from models.batch import collate, modality_labels, prepare
 from tests.train.conftest import FRAMES, MOUTH, SIZE, TINY_TEST_OVERRIDES, WINDOW_FRAMES, decoded, make_sample
-from train.config import load_config
+from train.augment import augment_frames, jpeg_recompress
+from train.config import AugmentConfig, load_config
 from train.data import prepare_train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +59,68 @@ def test_augmentation_depends_only_on_the_rng(cfg):
     assert torch.equal(one["visual_mask"], same["visual_mask"])
     others = [prepare_train(s, cfg, np.random.default_rng([0, 1, k])) for k in range(3, 8)]
     assert any(not torch.equal(one["frames"], o["frames"]) for o in others)
+
+
+ONLY = dict.fromkeys(("flip", "color", "resize", "blur", "noise", "cutout", "jpeg"), 0.0)
+
+
+def clip(seed: int = 0) -> np.ndarray:
+    """A smooth uint8 clip [6, 32, 40, 3] (non-square, so a transposed op would fail), away from 0 and 255."""
+    ramp = np.linspace(60, 190, 40)[None, None, :, None] + np.linspace(0, 30, 32)[None, :, None, None]
+    shift = np.random.default_rng(seed).uniform(-20, 20, (6, 1, 1, 3))
+    return np.clip(ramp + shift, 0, 255).astype(np.uint8)
+
+
+def test_flip_mirrors_each_frame_left_right():
+    x = clip()
+    out = augment_frames(x, AugmentConfig(**{**ONLY, "flip": 1.0}), np.random.default_rng(0))
+    assert np.array_equal(out, x[:, :, ::-1])
+
+
+def test_color_jitter_is_the_saturation_contrast_brightness_formula():
+    x = clip()
+    aug, seed = AugmentConfig(**{**ONLY, "color": 1.0}), 3
+    out = augment_frames(x, aug, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    rng.random(), rng.random()  # the flip and colour draws
+    saturation, contrast, brightness = rng.uniform(0.6, 1.4), rng.uniform(0.7, 1.3), rng.uniform(-25, 25)
+    f = x.astype(np.float64)
+    gray = f @ np.array([0.299, 0.587, 0.114])
+    f = gray[..., None] + saturation * (f - gray[..., None])
+    expected = np.clip((f - gray.mean()) * contrast + gray.mean() + brightness, 0, 255)
+    error = np.abs(out - expected)  # rounded to a grey level, in OpenCV's float32 arithmetic
+    assert error.max() < 1.0 and error.mean() < 0.3
+    assert np.abs(out.astype(int) - x).mean() > 2  # it changed the clip
+
+
+def test_sensor_noise_has_the_drawn_spread_differs_per_frame_and_repeats_per_rng():
+    x = np.full((6, 64, 64, 3), 128, np.uint8)
+    aug = AugmentConfig(**{**ONLY, "noise": 1.0})
+    out = augment_frames(x, aug, np.random.default_rng(7))
+    assert np.array_equal(out, augment_frames(x, aug, np.random.default_rng(7)))
+    assert not np.array_equal(out, augment_frames(x, aug, np.random.default_rng(8)))
+    rng = np.random.default_rng(7)
+    [rng.random() for _ in range(5)]  # flip, colour, resize, blur, noise
+    std = rng.uniform(2.0, 10.0)
+    residual = out.astype(float) - 128
+    assert abs(residual.mean()) < 0.6 and residual.std() == pytest.approx(std, rel=0.05)
+    assert not np.array_equal(out[0], out[1])
+
+
+def test_jpeg_recompress_is_each_frame_through_opencv_jpeg():
+    x = clip()
+    out = jpeg_recompress(x, 50)
+    for frame, got in zip(x, out, strict=True):
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 50])
+        assert ok and np.array_equal(got, cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
+    assert out.shape == x.shape and not np.array_equal(out, x)
+
+
+def test_augment_frames_leaves_its_input_alone():
+    x = clip()
+    before = x.copy()
+    augment_frames(x, AugmentConfig(**{key: 1.0 for key in ONLY}), np.random.default_rng(1))
+    assert np.array_equal(x, before)
 
 
 def test_temporal_crop_keeps_a_contiguous_run(cfg):
@@ -139,3 +204,15 @@ def test_self_blend_changes_the_inner_face_only():
         assert diff[:4, :4].max() <= 1 and diff[-4:, -4:].max() <= 1  # the crop's corners stay the clip's own
         changed.append(diff[24:40, 24:40].mean())
     assert np.mean(changed) > 5  # the centre of the face is pasted from the changed copy
+
+
+def test_bench_loader_prints_the_real_loaders_throughput(tiny_shards, capsys):
+    from scripts import bench_loader
+
+    sets = [arg for o in TINY_TEST_OVERRIDES if not o.startswith("data.workers") for arg in ("--set", o)]
+    assert bench_loader.main(["--config", str(ROOT / "configs" / "tiny.yaml"), "--shards", str(tiny_shards["train"]),
+                              "--workers", "0", "--batches", "2", *sets, "--set", "train.batch_size=3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["timed_clips"] == 6 and report["batch_size"] == 3 and report["frames_per_clip"] == FRAMES
+    assert report["clips_per_s"] > 0 and report["frames_per_s"] == pytest.approx(report["clips_per_s"] * FRAMES, rel=0.01)
+    assert report["clips_per_s_per_worker"] == report["clips_per_s"]  # 0 workers: the main process, counted as one
