@@ -1,6 +1,7 @@
 """`make report`: the technical report from the demo's runs and the evaluations, as report/report.md.
 
     python -m evaluation.report --runs DEMO_DIR [--out report] [--protocol runs/protocol] [--skip-generality] ...
+        [--gpu-check runs/gpu_check/gpu_check.json]
     python -m evaluation.report --runs DEMO_DIR/runs/tiny DEMO_DIR/runs/baseline --out report
 
 --runs takes a `make demo` folder (its runs/*, data/, submissions/) or run folders inside one. Evaluations missing
@@ -138,6 +139,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--protocol", type=Path, default=None,
                         help="a `python -m scripts.protocol` folder: the generality section and the synchrony check "
                              "show its results (runs/protocol) instead of the demo's")
+    parser.add_argument("--gpu-check", type=Path, default=None,
+                        help="`make gpu-check`'s runs/gpu_check/gpu_check.json: the speed section adds its GPU rows")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--force", action="store_true", help="rerun the evaluations even when cached")
     for name in ("generality", "robustness", "speed", "explain", "shortcuts", "modality"):
@@ -162,7 +165,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[report] %(message)s")
     args = parse_args(argv)
-    src = resolve_sources(args.runs, args.protocol)
+    src = resolve_sources(args.runs, args.protocol, args.gpu_check)
     try:
         meta = read_meta(src.demo.data)
         evals = ensure_evaluations(src, args)

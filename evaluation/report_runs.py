@@ -26,6 +26,7 @@ class Sources:
     demo: DemoLayout
     runs: dict[str, Path] = field(default_factory=dict)  # name -> run folder, baseline first
     protocol: Path | None = None  # a `python -m scripts.protocol` folder: its generality and sync results are shown
+    gpu_check: Path | None = None  # `make gpu-check`'s JSON: the speed section adds its GPU training table
 
     @property
     def eval_dir(self) -> Path:
@@ -46,9 +47,12 @@ class Sources:
         return OURS if OURS in self.runs else (others[0] if others else None)
 
 
-def resolve_sources(paths: list[Path], protocol: Path | None = None) -> Sources:
+def resolve_sources(paths: list[Path], protocol: Path | None = None, gpu_check: Path | None = None) -> Sources:
     """A demo folder (has runs/) or run folders (the demo folder is then the runs' grandparent), and optionally a
-    protocol folder whose generality evaluation must be there already."""
+    protocol folder whose generality evaluation must be there already and the GPU check's JSON."""
+    if gpu_check is not None and not Path(gpu_check).is_file():
+        raise SystemExit(f"python -m evaluation.report: {gpu_check} does not exist; run `make gpu-check` on a GPU "
+                         "machine (README, GPU check) and pass its runs/gpu_check/gpu_check.json")
     if protocol is not None and not (protocol / "eval" / "generality.json").is_file():
         raise SystemExit(f"python -m evaluation.report: {protocol} holds no eval/generality.json; run "
                          f"`python -m scripts.protocol --out {protocol}` first")
@@ -71,7 +75,8 @@ def resolve_sources(paths: list[Path], protocol: Path | None = None) -> Sources:
     ordered = dict(sorted(runs.items(), key=lambda kv: (kv[0] != "baseline", kv[0])))
     if not ordered:
         raise SystemExit(f"python -m evaluation.report: no trained run under {paths}; run `make demo` first")
-    return Sources(DemoLayout(roots.pop()), ordered, Path(os.path.abspath(protocol)) if protocol else None)
+    return Sources(DemoLayout(roots.pop()), ordered, Path(os.path.abspath(protocol)) if protocol else None,
+                   Path(os.path.abspath(gpu_check)) if gpu_check else None)
 
 
 # --- reading runs ---------------------------------------------------------------------------------------------------

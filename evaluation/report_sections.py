@@ -369,9 +369,12 @@ class Report:
             source = numbers.get("source", "") + (f" ({details})" if details else "")
             rows += [[stage, k, num(float(v), 2), source] for k, v in rates.items()] or [[stage, "n/a", "", source]]
         gpus = ", ".join(m.get("gpus") or []) or "none"
-        return "\n".join([f"Machine: {m['cpu']}, {m['usable_cores']} usable of {m['logical_cores']} logical cores, "
-                          f"GPU: {gpus}; Python {m['python']}, torch {m.get('torch', '?')}.", "",
-                          table(["stage", "measure", "value", "source"], rows)])
+        parts = [f"Machine: {m['cpu']}, {m['usable_cores']} usable of {m['logical_cores']} logical cores, "
+                 f"GPU: {gpus}; Python {m['python']}, torch {m.get('torch', '?')}.", "",
+                 table(["stage", "measure", "value", "source"], rows)]
+        if self.src.gpu_check:
+            parts += ["", gpu_check_table(json.loads(self.src.gpu_check.read_text()), self.src.gpu_check)]
+        return "\n".join(parts)
 
     # 13
     def limitations(self) -> str:
@@ -422,6 +425,31 @@ class Report:
         return "\n".join(["```bash", f"make demo DEMO_DIR={root}", f"make report DEMO_DIR={root}",
                           "# or one evaluation at a time:",
                           *[f"python -m evaluation {n} --demo-dir {root}" for n in EVALUATIONS], "```"])
+
+
+def gpu_check_table(check: dict, source: Path) -> str:
+    """`make gpu-check`'s JSON as a caption and a table: each launch path's training speed, then inference."""
+    m = check["machine"]
+    caption = (f"GPU training (`make gpu-check`, {source}): {m.get('gpu')} x {m.get('gpu_count')}, {m.get('cpu_count')} "
+               f"CPU cores, torch {m.get('torch')}, config {Path(check['config']).name} "
+               f"{' '.join(check.get('overrides') or [])}, {check['steps']} steps a run, {check['workers']} loader "
+               f"workers; MFU against {num(check.get('peak_tflops'), 0)} TFLOP/s ({check.get('peak_source')}).")
+    rows = []
+    for mode, run in check["runs"].items():
+        if not run.get("ok"):
+            rows.append([mode, "failed", "", "", "", "", run.get("error", "")[:80].replace("|", "/")])
+            continue
+        weights = run["param_dtype"].removeprefix("torch.")
+        rows.append([f"{mode} ({run['distributed_type']}, {weights} weights)", num(run["clips_per_s"], 1),
+                     num(run["step_seconds"], 3), f"{100 * run['data_wait_frac']:.1f}%",
+                     "n/a" if run["mfu"] is None else f"{100 * run['mfu']:.1f}%",
+                     f"{num(run['peak_memory_gib'], 1)} GiB",
+                     f"{num(run['loss_first_quarter'], 2)} -> {num(run['loss_last_quarter'], 2)}"])
+    for precision, result in (check.get("inference") or {}).items():
+        rows.append([f"inference, model only, {precision} (batch {result['batch_size']})",
+                     num(result["clips_per_s"], 1), "", "", "", "", ""])
+    return "\n".join([caption, "", table(["run", "clips/s", "s a step", "data wait", "MFU", "peak memory",
+                                          "loss, first -> last quarter"], rows)])
 
 
 def _tpr_resolution(experiments: list[dict]) -> str:

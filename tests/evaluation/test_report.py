@@ -138,3 +138,28 @@ def test_the_arguments_make_report_adds_are_accepted(demo):
 def test_refuses_a_folder_without_runs(tmp_path):
     result = make_report("--runs", tmp_path, "--out", tmp_path / "report", expect=1)
     assert "make demo" in result.stderr
+
+
+def test_gpu_check_json_adds_a_gpu_table_to_the_speed_section(demo, tmp_path):
+    """--gpu-check FILE: make gpu-check's JSON (its fields, one run failed) becomes rows of the speed section; a
+    missing file is refused with the command that makes it."""
+    import json
+
+    run = {"ok": True, "distributed_type": "MULTI_GPU", "param_dtype": "torch.float32", "clips_per_s": 63.56,
+           "step_seconds": 0.2518, "data_wait_frac": 0.2335, "mfu": 0.0888, "peak_memory_gib": 28.16,
+           "loss_first_quarter": 1.42, "loss_last_quarter": 0.25}
+    check = {"machine": {"gpu": "NVIDIA H200", "gpu_count": 1, "cpu_count": 16, "torch": "2.11.0+cu130"},
+             "config": "/repo/configs/base.yaml", "overrides": ["model.visual_pretrained=none"], "steps": 300,
+             "workers": 14, "peak_tflops": 989.0, "peak_source": "table (H200, dense bf16)",
+             "runs": {"ddp": run, "deepspeed": {"ok": False, "error": "exit 1: out of memory"}},
+             "inference": {"bf16": {"clips_per_s": 335.09, "batch_size": 32}}}
+    (tmp_path / "gpu_check.json").write_text(json.dumps(check))
+    out = tmp_path / "report"
+    make_report("--runs", demo, "--out", out, "--gpu-check", tmp_path / "gpu_check.json", "--skip-explain", "--no-pdf")
+    speed = sections((out / "report.md").read_text())["12. Speed"]
+    assert "NVIDIA H200 x 1" in speed and "base.yaml model.visual_pretrained=none" in speed
+    assert "| ddp (MULTI_GPU, float32 weights) | 63.6 | 0.252 | 23.4% | 8.9% | 28.2 GiB | 1.42 -> 0.25 |" in speed
+    assert "| deepspeed | failed |" in speed and "exit 1: out of memory" in speed
+    assert "| inference, model only, bf16 (batch 32) | 335.1 |" in speed
+    refused = make_report("--runs", demo, "--out", out, "--gpu-check", tmp_path / "none.json", expect=1)
+    assert "make gpu-check" in refused.stderr
