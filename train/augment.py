@@ -57,7 +57,7 @@ def augment_frames(frames: np.ndarray, aug: AugmentConfig, rng: np.random.Genera
     if rng.random() < aug.jpeg:
         low, high = aug.jpeg_quality
         x = jpeg_recompress(x, int(rng.integers(low, high + 1)))
-    return np.ascontiguousarray(x)
+    return x  # contiguous: the input made so, or a new array from each op that ran
 
 
 def jpeg_recompress(frames: np.ndarray, quality: int) -> np.ndarray:
