@@ -36,6 +36,9 @@ class LogMel(nn.Module):
         self.mel.float()
         return self
 
+    # Left to eager under torch.compile: the STFT is complex-valued (inductor generates no code for it) and
+    # torchaudio's spectrogram breaks the graph twice, whose pieces were then recompiled for each caller's batch.
+    @torch.compiler.disable
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=wave.device.type, enabled=False):
             spec = torch.log(self.mel(wave.float()) + 1e-6)

@@ -279,6 +279,33 @@ def test_bf16_model_runs(tiny):
     assert torch.isfinite(out["logit"]).all()
 
 
+def test_compiled_graphs_leave_the_stft_to_eager_and_do_not_recompile(tiny):
+    """torch.compile: the log-Mel (complex-valued STFT, no inductor code generation) runs outside the traced graphs,
+    and a second batch of the same shape compiles nothing new."""
+    import copy
+
+    model, cfg = tiny
+    graphs: list[torch.fx.GraphModule] = []
+
+    def counting_backend(gm: torch.fx.GraphModule, _inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = copy.deepcopy(model)
+    compiled.compile(backend=counting_backend)
+    batch = example_batch(cfg.data, 2)
+    with torch.no_grad():
+        first = compiled(batch)
+        traced = len(graphs)
+        compiled(batch)
+        expected = model(batch)
+    torch._dynamo.reset()
+    assert traced > 0 and len(graphs) == traced
+    targets = {str(node.target) for gm in graphs for node in gm.graph.nodes}
+    assert not any("stft" in target for target in targets)
+    torch.testing.assert_close(first["logit"], expected["logit"])
+
 def test_tiny_overfits_a_handful_of_clips():
     import numpy as np
 
