@@ -44,9 +44,11 @@ GPU_WHEELS ?= .whl
 GPU_SITE ?= /tmp/avdeepfake-site
 .PHONY: gpu-check
 gpu-check:
-	@site=""; \
-	if ! $(GPU_PY) -c "import deepspeed, webdataset, thop, av" 2>/dev/null; then \
-	  site=$(GPU_SITE); $(GPU_PY) -m pip install -q --no-index --no-deps --target $$site $(GPU_WHEELS)/*.whl || exit 1; \
+	@site=""; imports="import deepspeed, webdataset, thop, av"; \
+	if ! $(GPU_PY) -c "$$imports" 2>/dev/null; then \
+	  site=$(GPU_SITE); \
+	  PYTHONPATH=$$site $(GPU_PY) -c "$$imports" 2>/dev/null || \
+	    $(GPU_PY) -m pip install -q --no-index --no-deps --target $$site $(GPU_WHEELS)/*.whl || exit 1; \
 	fi; \
 	PYTHONPATH=$(CURDIR)$${site:+:$$site} $(GPU_PY) -m scripts.gpu_check $(GPU_CHECK_ARGS)
 
