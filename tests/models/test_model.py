@@ -306,6 +306,7 @@ def test_compiled_graphs_leave_the_stft_to_eager_and_do_not_recompile(tiny):
     assert not any("stft" in target for target in targets)
     torch.testing.assert_close(first["logit"], expected["logit"])
 
+
 def test_tiny_overfits_a_handful_of_clips():
     import numpy as np
 
