@@ -110,6 +110,10 @@ class TrainConfig:
     log_every_steps: int = 10
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: the launcher's, else bf16 on GPU
     tf32: bool = True  # CUDA: TF32 tensor cores for the matmuls and convolutions that stay in float32
+    # convolution weights (and so their activations) stored channels-last, NHWC: oneDNN's faster layout on CPU
+    # (small's training step 10-15% shorter, tiny's 8%; same losses to 4 digits); not yet measured on a GPU.
+    # Ignored, with a warning, under DeepSpeed (it views parameters as flat contiguous memory).
+    channels_last: bool = False
     compile: bool = False  # torch.compile the model in place (nn.Module.compile: checkpoints keep their keys)
     compile_backend: str = "inductor"  # torch.compile backend ("aot_eager": tracing without code generation)
     face_pretrain: FacePretrainConfig = field(default_factory=FacePretrainConfig)

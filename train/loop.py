@@ -152,6 +152,11 @@ def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
         torch.backends.cudnn.benchmark = True  # fixed training shapes: pick the fastest convolution kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.train.tf32
     model.to(accelerator.device)
+    if cfg.train.channels_last and accelerator.state.deepspeed_plugin is not None:
+        log.warning("train.channels_last is ignored under DeepSpeed: its engine reads parameters as contiguous "
+                    "memory")
+    elif cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)  # 4-D weights only; the rest stay as they are
     state = checkpoint.latest_state(out) if args.resume else None
     face_pretrain = None
     if cfg.train.face_pretrain.steps and state is None:

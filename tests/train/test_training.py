@@ -231,3 +231,20 @@ def test_a_fusion_rule_needs_genuine_validation_clips(tiny_shards, tmp_path, cap
             str(tmp_path / "val"), "--out", str(tmp_path / "o"), *TINY_TEST_OVERRIDES, "score.rule=max"]
     assert main(argv) == 2
     assert "score.rule=max standardises the outputs on the genuine validation clips" in capsys.readouterr().err
+
+
+def test_channels_last_changes_the_layout_not_the_training(full_run, tiny_shards, tmp_path):
+    from train.loop import setup
+
+    args = [str(a) for a in train_cmd(tiny_shards, tmp_path / "setup", *RUN_ARGS, "log.mlflow=false")[3:]]
+    for channels_last in (True, False):
+        job, _ = setup([*args, f"train.channels_last={str(channels_last).lower()}"])
+        weights = [m.weight for m in job.unwrapped.modules()
+                   if isinstance(m, torch.nn.Conv2d) and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1]
+        assert weights and all(w.is_contiguous(memory_format=torch.channels_last) == channels_last
+                               for w in weights)
+    out = tmp_path / "contiguous"
+    run_cli(train_cmd(tiny_shards, out, *RUN_ARGS, "train.channels_last=false"))  # full_run: tiny.yaml's true
+    nhwc, nchw = step_losses(full_run), step_losses(out)
+    assert nhwc.keys() == nchw.keys()
+    np.testing.assert_allclose(list(nhwc.values()), list(nchw.values()), rtol=1e-4)
