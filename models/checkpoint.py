@@ -65,7 +65,9 @@ def checkpoint_folder(path: Path) -> Path:
 
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu",
                        verify: bool = True) -> tuple[nn.Module, ModelSpec]:
-    """The model of a best-checkpoint folder (or its model.safetensors) in eval mode, and its spec.
+    """The model of a best-checkpoint folder (or its model.safetensors) in eval mode, and its spec. On a CPU its
+    convolution weights are stored channels-last (oneDNN's faster layout: small's forward about 20% shorter here,
+    logits equal to 1e-6; train.channels_last does the same in training); elsewhere they stay as they are.
 
     Raises FileNotFoundError (missing files) or ValueError (corrupt, tampered or mismatched checkpoint)."""
     path = Path(path)
@@ -99,7 +101,10 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu",
         raise ValueError(f"{weights} does not fit model {spec.model.name!r} of {directory / CONFIG}: "
                          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    return model.to(device).eval(), spec
+    model.to(device)
+    if torch.device(device).type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model.eval(), spec
 
 
 def load_score_rule(path: str | Path, spec: ModelSpec) -> ScoreRule:
