@@ -76,6 +76,10 @@ class FacePretrainConfig:
     lr: float = 1.0e-3  # AdamW, constant
     weight_decay: float = 0.05
     log_every_steps: int = 100
+    # The face encoder's lr multiplier (times backbone_lr_scale) in the main training after the stage; 0 freezes
+    # it there, so that the visual label, most of whose fakes are mouth-only, does not overwrite what the stage
+    # learned (and the step is shorter).
+    lr_scale: float = 1.0
 
 
 @dataclass
@@ -255,6 +259,8 @@ def validate(cfg: Config, source: str) -> None:
         need(pre.batch_size >= 2 and pre.pairs_per_clip >= 1, "train.face_pretrain.batch_size must be >= 2 and "
              "pairs_per_clip >= 1")
         need(0.0 < pre.blend < 1.0, "train.face_pretrain.blend is the share of blended pairs: in (0, 1)")
+        need(pre.lr_scale >= 0, "train.face_pretrain.lr_scale must be >= 0 (0: the face encoder stays frozen after "
+             "the stage)")
     if cfg.model.blend_head:
         need(cfg.loss.blend > 0 and blend > 0, "model.blend_head learns from self-blended clips: it needs "
              "loss.blend > 0 and data.augment.self_blend > 0")

@@ -59,16 +59,19 @@ def optimizer_kernel(device: torch.device) -> dict:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """Weight decay on matrices only; pretrained encoders at lr * backbone_lr_scale; fused on CUDA."""
+    """Weight decay on matrices only; pretrained encoders at lr * backbone_lr_scale, a face encoder trained by the
+    face stage at that times face_pretrain.lr_scale (frozen parameters are left out); fused on CUDA."""
     t = cfg.train
-    backbone = {id(p) for p in getattr(model, "backbone_parameters", list)()}
-    groups: dict[tuple[bool, bool], list] = {}
+    scales = dict.fromkeys(map(id, getattr(model, "backbone_parameters", list)()), t.backbone_lr_scale)
+    if t.face_pretrain.steps:
+        for p in model.face.net.parameters():
+            scales[id(p)] = scales.get(id(p), 1.0) * t.face_pretrain.lr_scale
+    groups: dict[tuple[float, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad:
-            groups.setdefault((id(p) in backbone, p.ndim >= 2), []).append(p)
-    param_groups = [{"params": ps, "lr": t.lr * (t.backbone_lr_scale if is_backbone else 1.0),
-                     "weight_decay": t.weight_decay if decay else 0.0}
-                    for (is_backbone, decay), ps in sorted(groups.items())]
+            groups.setdefault((scales.get(id(p), 1.0), p.ndim >= 2), []).append(p)
+    param_groups = [{"params": ps, "lr": t.lr * scale, "weight_decay": t.weight_decay if decay else 0.0}
+                    for (scale, decay), ps in sorted(groups.items())]
     kernel = optimizer_kernel(next(model.parameters()).device)
     if t.optimizer == "adam":
         return torch.optim.Adam(param_groups, lr=t.lr, betas=tuple(t.betas), **kernel)

@@ -84,6 +84,7 @@ def test_unknown_section_and_unknown_override():
     ("model.stream_heads=true", "model.stream_heads learn from loss.stream"),
     ("train.face_pretrain.steps=-1", "train.face_pretrain.steps must be >= 0"),
     ("train.face_pretrain.steps=10 train.face_pretrain.blend=1.0", "share of blended pairs"),
+    ("train.face_pretrain.steps=10 train.face_pretrain.lr_scale=-1", "train.face_pretrain.lr_scale must be >= 0"),
     ("train.face_pretrain.steps=10 model.name=seed_baseline", "model 'seed_baseline' has none"),
 ])
 def test_type_and_value_errors(override, message):

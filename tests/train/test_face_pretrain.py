@@ -17,6 +17,7 @@ from shards import reader
 from tests.train.conftest import TINY_TEST_OVERRIDES, WINDOW_FRAMES, decoded, make_sample
 from train.config import load_config
 from train.face_pretrain import BlendPairs, clip_pairs, pretrain_face
+from train.parts import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,6 +93,20 @@ def test_stage_trains_the_face_encoder_alone(tiny_shards):
     assert changed and all(k.startswith("face.net.") for k in changed), sorted(changed)
     # the main training draws the same random numbers as a run without the stage
     assert torch.equal(torch.get_rng_state(), rng_state)
+
+
+@pytest.mark.parametrize("lr_scale", [0.1, 0.0])
+def test_the_face_encoder_trains_at_its_own_lr_after_the_stage(lr_scale):
+    cfg = config(f"train.face_pretrain.lr_scale={lr_scale}", "train.backbone_lr_scale=0.5")
+    model = create_model(cfg)
+    if lr_scale == 0:
+        model.face.net.requires_grad_(False)  # what python -m train does after the stage
+    lr_of = {id(p): group["lr"] for group in build_optimizer(model, cfg).param_groups for p in group["params"]}
+    face, mouth = set(map(id, model.face.net.parameters())), set(map(id, model.mouth.net.parameters()))
+    assert {lr_of.get(i) for i in face} == ({None} if lr_scale == 0 else {cfg.train.lr * 0.5 * lr_scale})
+    assert {lr_of[i] for i in mouth} == {cfg.train.lr * 0.5}
+    others = [lr for i, lr in lr_of.items() if i not in face | mouth]
+    assert others and set(others) == {cfg.train.lr}
 
 
 def test_windows_of_one_frame_give_single_frames():
