@@ -76,6 +76,10 @@ class FacePretrainConfig:
     lr: float = 1.0e-3  # AdamW, constant
     weight_decay: float = 0.05
     log_every_steps: int = 100
+    # Also the training fakes whose category (the shards' meta) says the video is manipulated, as positives that
+    # are never blended, and the faces of the audio-only fakes as genuine ones. Not self-supervised any more: the
+    # mouth-only fakes, whose frames look genuine, are positives too.
+    visual_fakes: bool = False
     # The face encoder's lr multiplier (times backbone_lr_scale) in the main training after the stage; 0 freezes
     # it there, so that the visual label, most of whose fakes are mouth-only, does not overwrite what the stage
     # learned (on small's protocol run that scored lower and left the step at about 1.0 s: README).

@@ -8,7 +8,9 @@ got there (README, "Generality protocol").
 
 What it does: frame pairs (two consecutive frames of a window, as ``model.face_motion`` reads them; single frames
 when a window has one) of the genuine training clips, a share ``blend`` of them self-blended, each pair with its
-own draw, then the run's training augmentation; the face encoder (``FrameEncoder.net``) and a temporary linear head
+own draw, then the run's training augmentation (with ``visual_fakes``, also the pairs of every training fake whose
+category says its video is manipulated, never blended, labelled 1, and those of the audio-only fakes, whose faces
+are genuine, blended like the genuine clips'); the face encoder (``FrameEncoder.net``) and a temporary linear head
 score the pair's second frame (its RGB and, with ``face_motion``, its difference from the first) with binary
 cross-entropy, AdamW at a constant lr. The head is dropped afterwards: the main training starts from the encoder's
 weights. Every process runs the same stage on the same pairs (the wrapper then starts all ranks from rank 0's
@@ -28,6 +30,7 @@ from torch import nn
 from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
+from models.batch import modality_labels
 from shards import reader
 from shards.format import decode_faces, decode_meta
 from train.augment import augment_frames, self_blend
@@ -42,13 +45,22 @@ def pair_length(cfg: Config) -> int:
     return min(2, cfg.data.window_frames)
 
 
+def visual_label(meta: dict) -> int:
+    """1 when a clip's video is manipulated, 0 when its faces are genuine, -1 when unknown (unlabelled, or a fake
+    without a category)."""
+    label = meta.get("label")
+    return -1 if label is None or int(label) < 0 else modality_labels(meta, int(label))[0]
+
+
 def clip_pairs(sample: dict, cfg: Config, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
-    """Up to ``pairs_per_clip`` pairs of consecutive frames of one genuine clip (both with a face box, within one
-    window) as (uint8 [L, 3, S, S], 1 if self-blended else 0). ``sample`` holds the raw tar members: only the
-    chosen face crops are decoded."""
+    """Up to ``pairs_per_clip`` pairs of consecutive frames of one clip (both with a face box, within one window)
+    as (uint8 [L, 3, S, S], label): a clip with genuine faces gives 1 if self-blended else 0, a visual fake 1 (never
+    blended), any other clip nothing. ``sample`` holds the raw tar members: only the chosen face crops are
+    decoded."""
     pre, aug = cfg.train.face_pretrain, cfg.data.augment
     meta = decode_meta(sample)
-    if not meta.get("has_face", False):
+    visual = visual_label(meta)
+    if not meta.get("has_face", False) or visual < 0:
         return []
     t, k, length = int(meta["frames"]), cfg.data.window_frames, pair_length(cfg)
     boxes = meta.get("boxes") or [True] * t
@@ -58,18 +70,18 @@ def clip_pairs(sample: dict, cfg: Config, rng: np.random.Generator) -> list[tupl
     out = []
     for end in sorted(rng.choice(ends, size=min(pre.pairs_per_clip, len(ends)), replace=False)):
         pair = decode_faces(sample, list(range(end - length + 1, end + 1)))
-        blended = int(rng.random() < pre.blend)
+        blended = visual == 0 and rng.random() < pre.blend
         if blended:
             pair, _ = self_blend(pair, None, rng)
         if aug.enabled:
             pair = augment_frames(pair, aug, rng)
-        out.append((np.ascontiguousarray(pair.transpose(0, 3, 1, 2)), blended))
+        out.append((np.ascontiguousarray(pair.transpose(0, 3, 1, 2)), int(blended or visual == 1)))
     return out
 
 
 class BlendPairs(IterableDataset):
     """Endless batches (pairs uint8 [N, L, 3, S, S], labels float32 [N]) from the genuine clips of the training
-    shards; the same stream in every process."""
+    shards (all clips with ``face_pretrain.visual_fakes``); the same stream in every process."""
 
     def __init__(self, urls: list[str], cfg: Config):
         super().__init__()
@@ -78,9 +90,10 @@ class BlendPairs(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cfg, size = self.cfg, self.cfg.train.face_pretrain.batch_size
         worker, _ = reader.worker_slot()
+        only_label = None if cfg.train.face_pretrain.visual_fakes else 0
         clips = reader.make_dataset(self.urls, mode="train", seed=cfg.train.seed, epoch=0,
-                                    shuffle_buffer=cfg.data.shuffle_buffer, rank=0, world_size=1, only_label=0,
-                                    decode=False)
+                                    shuffle_buffer=cfg.data.shuffle_buffer, rank=0, world_size=1,
+                                    only_label=only_label, decode=False)
         pairs: list[np.ndarray] = []
         labels: list[int] = []
         for index, sample in enumerate(clips):

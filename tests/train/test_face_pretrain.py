@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
 from models import create_model
 from shards import reader
@@ -62,6 +63,28 @@ def test_blended_pairs_are_labelled_and_differ_from_the_clip():
         assert np.abs(pair.astype(int) - frames[start:start + 2]).mean() > 1
 
 
+def fake_clip(index: int, category: str | None) -> dict:
+    raw = make_sample(index, 1, np.random.default_rng(index))
+    raw["json"] = json.dumps({**json.loads(raw["json"]), "category": category}).encode()
+    return raw
+
+
+def test_visual_fakes_are_positives_never_blended_and_audio_fakes_blend_like_genuine_clips():
+    cfg = config("data.augment.enabled=false", "train.face_pretrain.visual_fakes=true",
+                 "train.face_pretrain.blend=0.999")
+    visual_fake = fake_clip(2, "FakeVideo-RealAudio")
+    pairs = clip_pairs(visual_fake, cfg, np.random.default_rng(0))
+    assert [label for _, label in pairs] == [1, 1]
+    assert np.array_equal(pairs[0][0], faces(visual_fake)[0:WINDOW_FRAMES])  # the fake's own frames
+    audio_fake = fake_clip(3, "RealVideo-FakeAudio")
+    pairs = clip_pairs(audio_fake, cfg, np.random.default_rng(0))
+    assert [label for _, label in pairs] == [1, 1]
+    assert np.abs(pairs[0][0].astype(int) - faces(audio_fake)[0:WINDOW_FRAMES]).mean() > 1  # blended
+    cfg.train.face_pretrain.blend = 0.0
+    assert [label for _, label in clip_pairs(audio_fake, cfg, np.random.default_rng(0))] == [0, 0]
+    assert clip_pairs(fake_clip(4, None), cfg, np.random.default_rng(0)) == []  # no category: unknown faces
+
+
 def test_old_shards_are_refused():
     cfg = config()
     with pytest.raises(ValueError, match="repack"):
@@ -76,6 +99,21 @@ def test_stream_reads_genuine_clips_only(tiny_shards):
     pairs, labels = next(iter(BlendPairs(urls, cfg)))
     assert pairs.shape == (4, 2, 3, cfg.data.size, cfg.data.size) and pairs.dtype == torch.uint8
     assert set(labels.tolist()) <= {0.0, 1.0}
+
+
+def test_stream_with_visual_fakes_reads_every_clip_with_a_known_category(tmp_path):
+    cfg = config("data.augment.enabled=false", "train.face_pretrain.pairs_per_clip=1",
+                 "train.face_pretrain.visual_fakes=true", "train.face_pretrain.batch_size=5",
+                 "train.face_pretrain.blend=0.001", "data.shuffle_buffer=0")
+    clips = [genuine_clip(0), genuine_clip(1), fake_clip(2, "FakeVideo-RealAudio"), fake_clip(3, "FakeVideo-FakeAudio"),
+             fake_clip(4, "RealVideo-FakeAudio"), fake_clip(5, None)]
+    with wds.TarWriter(str(tmp_path / "shard-000000.tar")) as sink:
+        for clip in clips:
+            sink.write(clip)
+    urls = reader.list_shards(tmp_path)
+    pairs, labels = next(iter(BlendPairs(urls, cfg)))
+    # one pass: a pair from each clip but the fake without a category; the two visual fakes are the positives
+    assert pairs.shape[0] == 5 and labels.tolist() == [0.0, 0.0, 1.0, 1.0, 0.0]
 
 
 def test_stage_trains_the_face_encoder_alone(tiny_shards):
