@@ -138,7 +138,7 @@ class AVTransformer(nn.Module):
         self.face = FrameEncoder(m.visual_backbone, m.visual_pretrained, m.drop_path, data.size, d,
                                  m.grad_checkpointing, data.window_frames if m.face_motion else 0)
         self.mouth = FrameEncoder(m.mouth_backbone, m.mouth_pretrained, m.drop_path, data.mouth_size, d,
-                                  m.grad_checkpointing)
+                                  m.grad_checkpointing, data.window_frames if m.mouth_motion else 0)
         self.lip_motion = TemporalConv(d, m.temporal_kernel, m.temporal_layers, m.temporal_padding)
         self.logmel = LogMel(m.n_mels, m.n_fft, m.hop_length, center=False)
         self.mel_per_frame = self.samples_per_frame // m.hop_length

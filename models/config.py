@@ -40,6 +40,9 @@ class ModelConfig:
     # The face encoder also reads each frame's difference from the previous frame of its window: a pasted face
     # that jitters or flickers against the head moves between frames that are otherwise nearly the same.
     face_motion: bool = False
+    # The same for the mouth encoder: a mouth held still for a few frames and then jumping (a lip-sync generator
+    # that moves it in steps) shows in the differences between consecutive mouth crops.
+    mouth_motion: bool = False
     # A per-frame head on the face tokens that tells genuine faces from self-blended ones (train.augment.self_blend),
     # trained on those alone (loss.blend); the clip's mean of it, detached, is one more input of the fused head.
     blend_head: bool = False

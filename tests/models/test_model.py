@@ -197,17 +197,20 @@ def test_circular_temporal_padding_keeps_position_out_of_the_lip_tokens():
 
 
 @torch.no_grad()
-def test_face_motion_reads_each_frame_and_the_one_before_it_in_its_window():
+@pytest.mark.parametrize(("option", "stream", "images"), [("face_motion", "face", "frames"),
+                                                          ("mouth_motion", "mouth", "mouths")])
+def test_motion_reads_each_frame_and_the_one_before_it_in_its_window(option, stream, images):
     torch.manual_seed(0)
-    cfg = load_config(TINY, ["model.face_motion=true"])
+    cfg = load_config(TINY, [f"model.{option}=true"])
     model = create_model(cfg).eval()
+    encoder = getattr(model, stream)
     batch = example_batch(cfg.data, 1)
     k = cfg.data.window_frames
-    base = model.face(batch["frames"])
+    base = encoder(batch[images])
     for frame, expected in ((3, [3, 4]), (k - 1, [k - 1]), (k, [k, k + 1])):  # no difference across windows
-        changed = batch["frames"].clone()
+        changed = batch[images].clone()
         changed[0, frame] = 255 - changed[0, frame]
-        moved = (model.face(changed) - base).abs().sum(-1)[0] > 1e-6
+        moved = (encoder(changed) - base).abs().sum(-1)[0] > 1e-6
         assert moved.nonzero().flatten().tolist() == expected
     out = model(batch)
     assert torch.isfinite(out["logit"]).all() and tuple(out["visual_token_logits"].shape) == (1, cfg.data.frames)
