@@ -41,7 +41,8 @@ class ModelConfig:
     # that jitters or flickers against the head moves between frames that are otherwise nearly the same.
     face_motion: bool = False
     # The same for the mouth encoder: a mouth held still for a few frames and then jumping (a lip-sync generator
-    # that moves it in steps) shows in the differences between consecutive mouth crops.
+    # that moves it in steps) shows in the differences between consecutive mouth crops. One protocol run of small:
+    # that lip-sync method unchanged, not adopted (README).
     mouth_motion: bool = False
     # A per-frame head on the face tokens that tells genuine faces from self-blended ones (train.augment.self_blend),
     # trained on those alone (loss.blend); the clip's mean of it, detached, is one more input of the fused head.
