@@ -107,6 +107,14 @@ class BlendPairs(IterableDataset):
         raise RuntimeError("the training stream ended; shards.reader.make_dataset(mode='train') must be infinite")
 
 
+def freeze_if_fixed(model: nn.Module, cfg: Config) -> None:
+    """With ``face_pretrain.lr_scale`` 0 the face encoder keeps the stage's weights: its parameters stop taking
+    gradients (also on --resume, where the stage is not run again), so ``build_optimizer`` leaves them out."""
+    pre = cfg.train.face_pretrain
+    if pre.steps and pre.lr_scale == 0:
+        model.face.net.requires_grad_(False)
+
+
 def pretrain_face(model: nn.Module, urls: list[str], cfg: Config, accelerator) -> dict:
     """Run the stage on ``model.face`` in place (before the model is wrapped); returns what it measured: steps,
     seconds, and the loss and accuracy per logging window (chance: log 2 = 0.693 and 0.5)."""

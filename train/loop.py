@@ -42,7 +42,7 @@ from train.data import (
     steps_per_epoch,
     train_loader,
 )
-from train.face_pretrain import pretrain_face
+from train.face_pretrain import freeze_if_fixed, pretrain_face
 from train.parts import (
     EMA,
     build_optimizer,
@@ -161,8 +161,7 @@ def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
     face_pretrain = None
     if cfg.train.face_pretrain.steps and state is None:
         face_pretrain = pretrain_face(model, train_urls, cfg, accelerator)
-    if cfg.train.face_pretrain.steps and cfg.train.face_pretrain.lr_scale == 0:
-        model.face.net.requires_grad_(False)  # also on --resume, where the stage is not run again
+    freeze_if_fixed(model, cfg)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, spe))
     ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema else None

@@ -17,7 +17,7 @@ from models import create_model
 from shards import reader
 from tests.train.conftest import TINY_TEST_OVERRIDES, WINDOW_FRAMES, decoded, make_sample
 from train.config import load_config
-from train.face_pretrain import BlendPairs, clip_pairs, pretrain_face
+from train.face_pretrain import BlendPairs, clip_pairs, freeze_if_fixed, pretrain_face
 from train.parts import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,9 +29,9 @@ def config(*extra: str):
                                                         "train.face_pretrain.batch_size=4", *extra])
 
 
-def genuine_clip(index: int = 0, **meta_changes) -> dict:
-    """A genuine sample's raw tar members (what the stage reads), its json changed by ``meta_changes``."""
-    raw = make_sample(index, 0, np.random.default_rng(index))
+def raw_clip(index: int = 0, label: int = 0, **meta_changes) -> dict:
+    """A sample's raw tar members (what the stage reads), its json changed by ``meta_changes``."""
+    raw = make_sample(index, label, np.random.default_rng(index))
     raw["json"] = json.dumps({**json.loads(raw["json"]), **meta_changes}).encode()
     return raw
 
@@ -45,16 +45,16 @@ def test_pairs_are_consecutive_frames_of_one_window_with_a_face():
     cfg.train.face_pretrain.blend = 0.0  # no pair blended: each is the clip's own frames
     boxes = [[0, 0, 32, 32]] * 4
     boxes[2] = None  # window 1's first frame has no face: its pair (frames 2-3) is left out
-    clip = genuine_clip(0, boxes=boxes)
+    clip = raw_clip(0, boxes=boxes)
     pairs = clip_pairs(clip, cfg, np.random.default_rng(0))
     assert len(pairs) == 1 and pairs[0][1] == 0
     assert np.array_equal(pairs[0][0], faces(clip)[0:WINDOW_FRAMES])  # window 0: frames 0 and 1, never across
-    assert clip_pairs(genuine_clip(0, has_face=False), cfg, np.random.default_rng(0)) == []
+    assert clip_pairs(raw_clip(0, has_face=False), cfg, np.random.default_rng(0)) == []
 
 
 def test_blended_pairs_are_labelled_and_differ_from_the_clip():
     cfg = config("data.augment.enabled=false", "train.face_pretrain.blend=0.999")
-    clip = genuine_clip(1)
+    clip = raw_clip(1)
     pairs = clip_pairs(clip, cfg, np.random.default_rng(0))
     frames = faces(clip)
     assert [label for _, label in pairs] == [1, 1]
@@ -63,32 +63,27 @@ def test_blended_pairs_are_labelled_and_differ_from_the_clip():
         assert np.abs(pair.astype(int) - frames[start:start + 2]).mean() > 1
 
 
-def fake_clip(index: int, category: str | None) -> dict:
-    raw = make_sample(index, 1, np.random.default_rng(index))
-    raw["json"] = json.dumps({**json.loads(raw["json"]), "category": category}).encode()
-    return raw
-
-
 def test_visual_fakes_are_positives_never_blended_and_audio_fakes_blend_like_genuine_clips():
     cfg = config("data.augment.enabled=false", "train.face_pretrain.visual_fakes=true",
                  "train.face_pretrain.blend=0.999")
-    visual_fake = fake_clip(2, "FakeVideo-RealAudio")
+    visual_fake = raw_clip(2, 1, category="FakeVideo-RealAudio")
     pairs = clip_pairs(visual_fake, cfg, np.random.default_rng(0))
     assert [label for _, label in pairs] == [1, 1]
     assert np.array_equal(pairs[0][0], faces(visual_fake)[0:WINDOW_FRAMES])  # the fake's own frames
-    audio_fake = fake_clip(3, "RealVideo-FakeAudio")
+    audio_fake = raw_clip(3, 1, category="RealVideo-FakeAudio")
     pairs = clip_pairs(audio_fake, cfg, np.random.default_rng(0))
     assert [label for _, label in pairs] == [1, 1]
     assert np.abs(pairs[0][0].astype(int) - faces(audio_fake)[0:WINDOW_FRAMES]).mean() > 1  # blended
     cfg.train.face_pretrain.blend = 0.0
     assert [label for _, label in clip_pairs(audio_fake, cfg, np.random.default_rng(0))] == [0, 0]
-    assert clip_pairs(fake_clip(4, None), cfg, np.random.default_rng(0)) == []  # no category: unknown faces
+    unknown = raw_clip(4, 1, category=None)  # a fake without a category: its faces are of unknown kind
+    assert clip_pairs(unknown, cfg, np.random.default_rng(0)) == []
 
 
 def test_old_shards_are_refused():
     cfg = config()
     with pytest.raises(ValueError, match="repack"):
-        clip_pairs(genuine_clip(0, format=1), cfg, np.random.default_rng(0))
+        clip_pairs(raw_clip(0, format=1), cfg, np.random.default_rng(0))
 
 
 def test_stream_reads_genuine_clips_only(tiny_shards):
@@ -105,8 +100,8 @@ def test_stream_with_visual_fakes_reads_every_clip_with_a_known_category(tmp_pat
     cfg = config("data.augment.enabled=false", "train.face_pretrain.pairs_per_clip=1",
                  "train.face_pretrain.visual_fakes=true", "train.face_pretrain.batch_size=5",
                  "train.face_pretrain.blend=0.001", "data.shuffle_buffer=0")
-    clips = [genuine_clip(0), genuine_clip(1), fake_clip(2, "FakeVideo-RealAudio"), fake_clip(3, "FakeVideo-FakeAudio"),
-             fake_clip(4, "RealVideo-FakeAudio"), fake_clip(5, None)]
+    categories = ["FakeVideo-RealAudio", "FakeVideo-FakeAudio", "RealVideo-FakeAudio", None]
+    clips = [raw_clip(0), raw_clip(1), *(raw_clip(i, 1, category=c) for i, c in enumerate(categories, 2))]
     with wds.TarWriter(str(tmp_path / "shard-000000.tar")) as sink:
         for clip in clips:
             sink.write(clip)
@@ -137,8 +132,7 @@ def test_stage_trains_the_face_encoder_alone(tiny_shards):
 def test_the_face_encoder_trains_at_its_own_lr_after_the_stage(lr_scale):
     cfg = config(f"train.face_pretrain.lr_scale={lr_scale}", "train.backbone_lr_scale=0.5")
     model = create_model(cfg)
-    if lr_scale == 0:
-        model.face.net.requires_grad_(False)  # what python -m train does after the stage
+    freeze_if_fixed(model, cfg)  # what python -m train does after the stage
     lr_of = {id(p): group["lr"] for group in build_optimizer(model, cfg).param_groups for p in group["params"]}
     face, mouth = set(map(id, model.face.net.parameters())), set(map(id, model.mouth.net.parameters()))
     assert {lr_of.get(i) for i in face} == ({None} if lr_scale == 0 else {cfg.train.lr * 0.5 * lr_scale})
@@ -151,5 +145,5 @@ def test_windows_of_one_frame_give_single_frames():
     cfg = load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, "data.window_frames=1",
                                                        "data.windows=4", "data.augment.enabled=false"])
     cfg.train.face_pretrain.blend = 0.0
-    pairs = clip_pairs(genuine_clip(2), cfg, np.random.default_rng(0))
+    pairs = clip_pairs(raw_clip(2), cfg, np.random.default_rng(0))
     assert len(pairs) == 4 and all(pair.shape[0] == 1 for pair, _ in pairs)
