@@ -68,6 +68,10 @@ class ModelConfig:
     # Or a timm CNN (in_chans=1, random init) for those tokens in place of the strided convolutions: its feature
     # map, frequency bands kept apart, pooled over time (the seed baseline reads the spectrogram with a ResNet).
     clip_audio_backbone: str | None = None
+    # Read only the token spans that start inside the clip's audio instead of the whole padded length (most clips
+    # are a few seconds of the 10 s): training crops each batch to its longest clip, evaluation reads each clip up
+    # to its own spans (scores stay independent of the batch). Off: what checkpoints from before this option read.
+    clip_audio_crop: bool = False
     # A linear head on the mean of those clip voice tokens, trained on the audio label (loss.voice): the voice
     # encoder gets its own signal, as the seed baseline's ResNet does, instead of only what reaches it through the
     # fusion transformer; its logit, detached, is one more input of the fused head.

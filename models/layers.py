@@ -3,6 +3,8 @@ convolutions, a fusion block with a padding mask, and masked losses."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 import torchaudio
@@ -100,11 +102,12 @@ class ClipVoiceEncoder(nn.Module):
     the spectrum, which pooling over frequency would blur."""
 
     def __init__(self, n_mels: int, n_fft: int, hop_length: int, channels: list[int], dim: int, tokens: int,
-                 backbone: nn.Module | None = None):
+                 backbone: nn.Module | None = None, crop: bool = False):
         """``backbone``: a CNN that maps the [N, 1, n_mels, hops] image to a feature map [N, C, bands, steps] (a timm
-        model's ``forward_features``, as the seed baseline reads the spectrogram) instead of the strided stack."""
+        model's ``forward_features``, as the seed baseline reads the spectrogram) instead of the strided stack.
+        ``crop``: read only the spans that start inside the audio (``model.clip_audio_crop``)."""
         super().__init__()
-        self.hop_length, self.tokens = hop_length, tokens
+        self.hop_length, self.tokens, self.crop = hop_length, tokens, crop
         self.logmel = LogMel(n_mels, n_fft, hop_length, center=False, batch_norm=False)
         if backbone is None:
             layers, previous = [], 1
@@ -120,6 +123,26 @@ class ClipVoiceEncoder(nn.Module):
         self.proj = nn.Sequential(nn.LayerNorm(features), nn.Linear(features, dim))
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, padded = audio.shape
+        span = padded / self.tokens
+        starts = torch.arange(self.tokens, device=audio.device) * span
+        mask = starts[None, :] < lengths[:, None]
+        # With crop, only the spans that start inside some clip's audio are read (the audio is zero-padded to the
+        # longest clip allowed, 10 s, while most clips last a few seconds). Training crops the batch to its longest
+        # clip (one call: BatchNorm's statistics over the whole batch); evaluation groups the clips by their own
+        # number of spans, so that a clip's tokens never depend on the other clips of its batch.
+        counts = mask.sum(1).clamp(min=1) if self.crop else torch.full_like(lengths, self.tokens)
+        groups = [(int(counts.max()), torch.arange(n, device=audio.device))] if self.training else \
+            [(int(c), (counts == c).nonzero()[:, 0]) for c in counts.unique()]
+        features = [self._span_features(audio[index, :min(padded, math.ceil(count * span))], lengths[index], count)
+                    for count, index in groups]
+        x = features[0].new_zeros(n, self.tokens, features[0].shape[-1])
+        for (count, index), values in zip(groups, features, strict=True):
+            x[index, :count] = values
+        return self.proj(x), mask
+
+    def _span_features(self, audio: torch.Tensor, lengths: torch.Tensor, spans: int) -> torch.Tensor:
+        """[N, L] audio (L: ``spans`` token spans) -> [N, spans, C x bands]."""
         mel = self.logmel(audio.float())  # [N, 1, M, H]
         hops = mel.shape[-1]
         ends = torch.arange(hops, device=mel.device) * self.hop_length + self.logmel.n_fft  # each STFT frame's end
@@ -130,10 +153,7 @@ class ClipVoiceEncoder(nn.Module):
         var = (((mel - mean[:, None, None, None]) * weight) ** 2).sum((1, 2, 3)) / count
         mel = (mel - mean[:, None, None, None]) / (var[:, None, None, None] + 1e-5).sqrt() * weight
         x = self.convs(mel.to(self.proj[1].weight.dtype)).flatten(1, 2)  # [N, C x bands, H / stride]
-        x = F.adaptive_avg_pool1d(x, self.tokens).transpose(1, 2)  # [N, tokens, C x bands]
-        span = audio.shape[1] / self.tokens
-        starts = torch.arange(self.tokens, device=audio.device) * span
-        return self.proj(x), starts[None, :] < lengths[:, None]
+        return F.adaptive_avg_pool1d(x, spans).transpose(1, 2)
 
 
 class TemporalConv(nn.Module):

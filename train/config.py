@@ -270,6 +270,9 @@ def validate(cfg: Config, source: str) -> None:
              "loss.blend > 0 and data.augment.self_blend > 0")
     if cfg.model.stream_heads:
         need(cfg.loss.stream > 0, "model.stream_heads learn from loss.stream: set loss.stream > 0")
+    if cfg.model.clip_audio_crop:
+        need(cfg.model.clip_audio_tokens > 0, "model.clip_audio_crop crops the audio of the clip voice tokens: it "
+             "needs model.clip_audio_tokens > 0")
     if cfg.model.voice_head:
         need(cfg.loss.voice > 0 and cfg.model.clip_audio_tokens > 0, "model.voice_head reads the clip voice tokens "
              "and learns from loss.voice: it needs model.clip_audio_tokens > 0 and loss.voice > 0")

@@ -150,13 +150,16 @@ def test_missing_modality_is_masked_not_zeroed(tiny):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("crop", [False, True])
 @pytest.mark.parametrize("backbone", [None, "test_resnet"])
-def test_clip_voice_tokens_hear_the_real_audio_only(backbone):
+def test_clip_voice_tokens_hear_the_real_audio_only(backbone, crop):
     """model.clip_audio_tokens: the whole clip's voice joins the audio views; what lies past the audio's length
     (the padding) changes nothing, the real audio does, the visual-only view never hears it, and a clip without
-    audio has no clip voice either. The same with a timm CNN reading the spectrogram (model.clip_audio_backbone)."""
+    audio has no clip voice either. The same with a timm CNN reading the spectrogram (model.clip_audio_backbone),
+    and with only the spans inside the audio read (model.clip_audio_crop)."""
     torch.manual_seed(0)
-    cfg = load_config(TINY, ["model.clip_audio_tokens=8", f"model.clip_audio_backbone={backbone or 'null'}"])
+    cfg = load_config(TINY, ["model.clip_audio_tokens=8", f"model.clip_audio_backbone={backbone or 'null'}",
+                             f"model.clip_audio_crop={crop}"])
     model = create_model(cfg).eval()
     batch = example_batch(cfg.data, 2)
     batch["audio_length"][:] = 3 * 16000
@@ -176,6 +179,37 @@ def test_clip_voice_tokens_hear_the_real_audio_only(backbone):
     assert torch.allclose(after["visual_logit"], base["visual_logit"], atol=1e-5)
     silent = dict(batch, audio_mask=torch.zeros_like(batch["audio_mask"]))
     assert torch.allclose(model(silent)["logit"], model(dict(silent, audio=changed))["logit"], atol=1e-5)
+
+
+@torch.no_grad()
+def test_clip_voice_crop_reads_only_the_spans_with_audio_and_each_clip_alone_in_evaluation():
+    """model.clip_audio_crop: the clip voice encoder computes only the token spans that start inside some clip's
+    audio (without it, the whole 10 s of padding): training crops the batch to its longest clip in one call,
+    evaluation groups the clips by their own span count, so that a clip's tokens are the same alone as in any batch
+    (inference scores a video whatever it is batched with)."""
+    torch.manual_seed(0)
+    cfg = load_config(TINY, ["model.clip_audio_tokens=8", "model.clip_audio_backbone=test_resnet",
+                             "model.clip_audio_crop=true"])
+    encoder = create_model(cfg).clip_voice  # spans of 10 s / 8 = 20000 samples
+    lengths = torch.tensor([2 * 16000, 5 * 16000, 0])
+    audio = example_batch(cfg.data, 3)["audio"] * (torch.arange(160000)[None, :] < lengths[:, None])
+    read = []
+    encoder.logmel.register_forward_pre_hook(lambda _, args: read.append(tuple(args[0].shape)))
+    encoder.train()(audio, lengths)
+    assert read == [(3, 80000)]  # 4 spans: those of the 5-s clip
+    read.clear()
+    encoder.crop = False
+    encoder(audio, lengths)
+    assert read == [(3, 160000)]
+    encoder.crop = True
+    read.clear()
+    tokens, mask = encoder.eval()(audio, lengths)
+    assert sorted(read) == [(1, 20000), (1, 40000), (1, 80000)]  # the silent clip still reads one span
+    assert mask.sum(1).tolist() == [2, 4, 0]
+    for i in range(3):
+        alone, alone_mask = encoder(audio[i:i + 1], lengths[i:i + 1])
+        assert torch.equal(alone_mask, mask[i:i + 1])
+        assert torch.allclose(alone[mask[i:i + 1]], tokens[i:i + 1][mask[i:i + 1]], atol=1e-6)
 
 
 @torch.no_grad()

@@ -81,6 +81,7 @@ def test_unknown_section_and_unknown_override():
     ("model.dim=65", "divisible by model.heads"),
     ("model.blend_head=true", "model.blend_head learns from self-blended clips"),
     ("model.voice_head=true", "model.voice_head reads the clip voice tokens"),
+    ("model.clip_audio_crop=true", "model.clip_audio_crop crops the audio of the clip voice tokens"),
     ("model.stream_heads=true", "model.stream_heads learn from loss.stream"),
     ("train.face_pretrain.steps=-1", "train.face_pretrain.steps must be >= 0"),
     ("train.face_pretrain.steps=10 train.face_pretrain.blend=1.0", "share of blended pairs"),
