@@ -38,6 +38,7 @@ from train.config import Config
 from train.data import make_loader
 
 log = logging.getLogger("train")
+NEAR_CHANCE = 0.55  # the stage's last logged accuracy below which it warns
 
 
 def pair_length(cfg: Config) -> int:
@@ -153,4 +154,8 @@ def pretrain_face(model: nn.Module, urls: list[str], cfg: Config, accelerator) -
     last = history[-1]
     log.info("face pretraining: %d steps in %.1f s; last %d steps: loss %.4f, accuracy %.3f (chance 0.693, 0.5)",
              pre.steps, seconds, pre.log_every_steps, last["loss"], last["accuracy"])
+    if last["accuracy"] < NEAR_CHANCE:
+        log.warning("face pretraining ended near chance (accuracy %.3f < %.2f): the main training starts from an "
+                    "encoder that has not learned the blends; lower train.face_pretrain.lr (now %g) or raise "
+                    "train.face_pretrain.steps", last["accuracy"], NEAR_CHANCE, pre.lr)
     return {"steps": pre.steps, "seconds": round(seconds, 1), "pairs_per_step": pre.batch_size, "history": history}

@@ -128,6 +128,17 @@ def test_stage_trains_the_face_encoder_alone(tiny_shards):
     assert torch.equal(torch.get_rng_state(), rng_state)
 
 
+@pytest.mark.parametrize("near_chance", [1.01, -0.01])
+def test_a_stage_ending_near_chance_warns(tiny_shards, monkeypatch, caplog, near_chance):
+    monkeypatch.setattr("train.face_pretrain.NEAR_CHANCE", near_chance)  # above / below any accuracy
+    cpu = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext, is_main_process=True)
+    with caplog.at_level("WARNING", logger="train"):
+        pretrain_face(create_model(config()), reader.list_shards(tiny_shards["train"]), config(), cpu)
+    warned = [r.getMessage() for r in caplog.records if "near chance" in r.getMessage()]
+    assert len(warned) == (near_chance > 1)
+    assert all("train.face_pretrain.lr" in message for message in warned)
+
+
 @pytest.mark.parametrize("lr_scale", [0.1, 0.0])
 def test_the_face_encoder_trains_at_its_own_lr_after_the_stage(lr_scale):
     cfg = config(f"train.face_pretrain.lr_scale={lr_scale}", "train.backbone_lr_scale=0.5")
