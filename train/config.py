@@ -74,7 +74,7 @@ class FacePretrainConfig:
     blend: float = 0.5  # share of the pairs that are self-blended
     pairs_per_clip: int = 4  # pairs taken from one clip (consecutive frames of a window)
     # AdamW, constant. At 1e-3 small's stage stayed at chance for 500-1000 steps, with seed 2 for all 3000 (accuracy
-    # 0.49); at 3e-4 it left chance within 300 steps with seeds 0, 1 and 2 (README "Generality protocol").
+    # 0.49); at 3e-4 it left chance within 300-500 steps with seeds 0, 1 and 2 (README "Generality protocol").
     lr: float = 3.0e-4
     weight_decay: float = 0.05
     log_every_steps: int = 100
