@@ -132,13 +132,14 @@ class ClipVoiceEncoder(nn.Module):
         # clip (one call: BatchNorm's statistics over the whole batch); evaluation groups the clips by their own
         # number of spans, so that a clip's tokens never depend on the other clips of its batch.
         every_clip = torch.arange(n, device=audio.device)
-        counts = mask.sum(1).clamp(min=1)
         if not self.crop:
             groups = [(self.tokens, every_clip)]
-        elif self.training:
-            groups = [(int(counts.max()), every_clip)]
         else:
-            groups = [(int(c), (counts == c).nonzero()[:, 0]) for c in counts.unique()]
+            counts = mask.sum(1).clamp(min=1)  # a silent clip still reads one span
+            if self.training:
+                groups = [(int(counts.max()), every_clip)]
+            else:
+                groups = [(int(c), (counts == c).nonzero()[:, 0]) for c in counts.unique()]
         features = [self._span_features(audio[index, :min(padded, math.ceil(count * span))], lengths[index], count)
                     for count, index in groups]
         x = features[0].new_zeros(n, self.tokens, features[0].shape[-1])

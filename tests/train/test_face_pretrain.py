@@ -132,8 +132,9 @@ def test_stage_trains_the_face_encoder_alone(tiny_shards):
 def test_a_stage_ending_near_chance_warns(tiny_shards, monkeypatch, caplog, near_chance):
     monkeypatch.setattr("train.face_pretrain.NEAR_CHANCE", near_chance)  # above / below any accuracy
     cpu = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext, is_main_process=True)
+    cfg = config()
     with caplog.at_level("WARNING", logger="train"):
-        pretrain_face(create_model(config()), reader.list_shards(tiny_shards["train"]), config(), cpu)
+        pretrain_face(create_model(cfg), reader.list_shards(tiny_shards["train"]), cfg, cpu)
     warned = [r.getMessage() for r in caplog.records if "near chance" in r.getMessage()]
     assert len(warned) == (near_chance > 1)
     assert all("train.face_pretrain.lr" in message for message in warned)
