@@ -21,6 +21,8 @@ from train.face_pretrain import BlendPairs, clip_pairs, freeze_if_fixed, pretrai
 from train.parts import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
+# what pretrain_face reads of an accelerate.Accelerator, on the CPU
+CPU = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext, is_main_process=True)
 
 
 def config(*extra: str):
@@ -117,8 +119,7 @@ def test_stage_trains_the_face_encoder_alone(tiny_shards):
     model = create_model(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng_state = torch.get_rng_state()
-    cpu = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext, is_main_process=True)
-    result = pretrain_face(model, reader.list_shards(tiny_shards["train"]), cfg, cpu)
+    result = pretrain_face(model, reader.list_shards(tiny_shards["train"]), cfg, CPU)
     assert result["steps"] == 3 and result["history"][-1]["step"] == 3
     assert 0.0 <= result["history"][-1]["accuracy"] <= 1.0
     after = model.state_dict()
@@ -131,10 +132,9 @@ def test_stage_trains_the_face_encoder_alone(tiny_shards):
 @pytest.mark.parametrize("near_chance", [1.01, -0.01])
 def test_a_stage_ending_near_chance_warns(tiny_shards, monkeypatch, caplog, near_chance):
     monkeypatch.setattr("train.face_pretrain.NEAR_CHANCE", near_chance)  # above / below any accuracy
-    cpu = SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext, is_main_process=True)
     cfg = config()
     with caplog.at_level("WARNING", logger="train"):
-        pretrain_face(create_model(cfg), reader.list_shards(tiny_shards["train"]), cfg, cpu)
+        pretrain_face(create_model(cfg), reader.list_shards(tiny_shards["train"]), cfg, CPU)
     warned = [r.getMessage() for r in caplog.records if "near chance" in r.getMessage()]
     assert len(warned) == (near_chance > 1)
     assert all("train.face_pretrain.lr" in message for message in warned)
