@@ -190,7 +190,7 @@ def explain_videos(predictor, videos: list[Path], predictions: list, out: Path,
         if sample is None:
             entries.append({"video_name": name, "error": reason})
             continue
-        info = saliency(predictor, sample)
+        info = saliency(predictor, predictor.views(sample)[0])  # the first time view (--time-views)
         entry = {"video_name": name, "fallbacks": sample["meta"].get("fallbacks", []),
                  "figures": _figures(name, info, out)}
         prediction = scored.get(name)  # None: a named video the --template leaves out

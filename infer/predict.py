@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import logging
 import os
 import sys
@@ -32,9 +33,9 @@ import torch
 from tqdm import tqdm
 
 from competition import LabelsError, find_videos, format_score, read_template, write_submission
-from models.batch import collate, prepare, to_device
+from models.batch import collate, prepare, time_views, to_device
 from models.checkpoint import load_for_inference, load_score_rule
-from models.scoring import evidence
+from models.scoring import evidence, mean_per_clip
 from shards.extract import ExtractOptions
 from shards.pool import extracted
 
@@ -61,44 +62,61 @@ class Prediction:
 
 # --- the model ----------------------------------------------------------------------------------------------
 class Predictor:
-    """A checkpoint, the eval transform it was trained with, its score rule, and batched deterministic scoring."""
+    """A checkpoint, the eval transform it was trained with, its score rule, and batched deterministic scoring.
 
-    def __init__(self, checkpoint: Path, device: str = "cpu", tta: bool = False):
+    ``tta``: each clip is also scored mirrored. ``time_views`` (default: the config's ``score.time_views``) N > 1:
+    clips are extracted with N times the config's windows and scored as N clips of interleaved windows
+    (``models.batch.time_views``); a clip's evidence is averaged over all of its views before the score rule
+    combines it."""
+
+    def __init__(self, checkpoint: Path, device: str = "cpu", tta: bool = False, time_views: int | None = None):
         self.device = torch.device(device)
         self.model, self.spec = load_for_inference(checkpoint, device=self.device)
         self.rule = load_score_rule(checkpoint, self.spec)
         self.tta = tta
+        self.time_views = self.spec.score.time_views if time_views is None else time_views
+        if self.time_views < 1:
+            raise ValueError(f"time_views={self.time_views} (need >= 1)")
 
     def extraction_options(self) -> ExtractOptions:
-        return self.spec.data.extract_options()
+        options = self.spec.data.extract_options()
+        return dataclasses.replace(options, windows=options.windows * self.time_views)
+
+    def views(self, sample: dict) -> list[dict]:
+        """The clips the model reads for one extracted sample (one unless ``time_views`` > 1)."""
+        return time_views(sample, self.time_views)
 
     @torch.no_grad()
     def score(self, samples: list[dict]) -> list[dict[str, float | None]]:
-        batch = to_device(collate([prepare(sample, self.spec.data) for sample in samples]), self.device)
+        views = [self.views(sample) for sample in samples]
+        owner = np.repeat(np.arange(len(samples)), [len(v) for v in views])  # view -> its sample
+        batch = to_device(collate([prepare(view, self.spec.data) for vs in views for view in vs]), self.device)
         outputs = [self.model(batch)]
         if self.tta:  # mirrored faces: a deepfake cue should not depend on left/right
             flipped = dict(batch, frames=batch["frames"].flip(-1))
             outputs.append(self.model(flipped))
         fused = self.rule.rule == "fused"
         if not fused:  # the rule reads every output, averaged over the views
-            views = [evidence(o) for o in outputs]
-            ev = {name: np.mean([view[name] for view in views], 0) for name in views[0]}
+            per_view = [evidence(o) for o in outputs]
+            ev = {name: mean_per_clip(np.stack([v[name] for v in per_view]), owner, len(samples))
+                  for name in per_view[0]}
             scores, strongest = self.rule.probability(ev), self.rule.strongest(ev)
+        probability = {key: mean_per_clip(np.stack([torch.sigmoid(o[key].float()).cpu().numpy() for o in outputs]),
+                                             owner, len(samples))
+                       for key in ("logit", "audio_logit", "visual_logit") if key in outputs[0]}
+        sync = (mean_per_clip(outputs[0]["sync_score"].float().cpu().numpy()[None], owner, len(samples))
+                if "sync_score" in outputs[0] else None)  # lip/audio synchrony evidence, of the unmirrored views
         result = []
         for i in range(len(samples)):
-            row = {"score": _mean_sigmoid(outputs, "logit", i) if fused else float(scores[i]),
+            row = {"score": float(probability["logit"][i]) if fused else float(scores[i]),
                    "strongest": "" if fused else strongest[i]}
             for head in ("audio", "visual"):
                 key = f"{head}_logit"
-                row[f"{head}_score"] = _mean_sigmoid(outputs, key, i) if key in outputs[0] else None
-            if "sync_score" in outputs[0]:  # lip/audio synchrony evidence (av_transformer), of the unmirrored clip
-                row["sync_score"] = float(outputs[0]["sync_score"][i].float())
+                row[f"{head}_score"] = float(probability[key][i]) if key in probability else None
+            if sync is not None:
+                row["sync_score"] = float(sync[i])
             result.append(row)
         return result
-
-
-def _mean_sigmoid(outputs: list[dict], key: str, i: int) -> float:
-    return float(torch.stack([torch.sigmoid(o[key][i].float()) for o in outputs]).mean())
 
 
 def predict(videos: list[Path], predictor: Predictor, batch_size: int, workers: int,
@@ -189,12 +207,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="exit 4 (after writing the CSV) when more than this share of the videos fail "
                              f"(default {DEFAULT_MAX_FAILED_FRACTION}; 1 never)")
     parser.add_argument("--tta", action="store_true", help="average the scores of the clip and its mirror image")
+    parser.add_argument("--time-views", type=int, metavar="N",
+                        help="read N times the config's windows and average the evidence of N interleaved clips "
+                             "(default: the config's score.time_views)")
     parser.add_argument("--explain", type=Path, metavar="OUTDIR", help="write explanation figures for videos")
     parser.add_argument("--explain-videos", nargs="*", default=None,
                         help="video names to explain (default: the 4 highest- and lowest-scoring)")
     args = parser.parse_args(argv)
     if not 0.0 <= args.max_failed_fraction <= 1.0:
         parser.error("--max-failed-fraction must be between 0 and 1")
+    if args.time_views is not None and args.time_views < 1:
+        parser.error("--time-views must be 1 or more")
     return args
 
 
@@ -219,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("face detector unusable, no video can be scored: %s", error)
         return EXIT_NO_DETECTOR
     try:
-        predictor = Predictor(args.checkpoint, device=args.device, tta=args.tta)
+        predictor = Predictor(args.checkpoint, device=args.device, tta=args.tta, time_views=args.time_views)
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as error:
         log.error("checkpoint %s is unusable: %s", args.checkpoint, error)
         return EXIT_BAD_CHECKPOINT

@@ -28,6 +28,8 @@ from competition import CATEGORIES
 from models.config import InputConfig
 from shards.extract import AUDIO_SAMPLE_RATE
 
+FRAME_FIELDS = ("times", "frame_times", "boxes", "crop_boxes", "mouth_boxes", "scores")  # meta lists, one per frame
+
 # (frames uint8 [T,3,S,S], mouths uint8 [T,3,M,M], audio float32 [N]) -> (frames, mouths, audio, time steps to
 # keep: bool [T])
 Augment = Callable[[torch.Tensor, torch.Tensor, np.ndarray],
@@ -83,6 +85,27 @@ def prepare(sample: dict, inputs: InputConfig, check_shape: bool = True, augment
         "blend_label": blend_label(meta, label, visual_label),
         "key": sample.get("key") or meta.get("video_name", "?"),
     }
+
+
+def time_views(sample: dict, views: int) -> list[dict]:
+    """A reader sample of W x ``views`` windows -> ``views`` samples of W windows each, view j holding windows j,
+    j + views, j + 2 x views, ... (interleaved: every view spans the whole clip, as one clip of W windows would)."""
+    if views == 1:
+        return [sample]
+    meta = sample["meta"]
+    windows, length = int(meta["windows"]), int(meta["window_frames"])
+    if windows % views:
+        raise ValueError(f"sample {sample.get('key', '?')}: its {windows} windows do not split into {views} views "
+                         "(score.time_views)")
+    result = []
+    for view in range(views):
+        chosen = range(view, windows, views)
+        frames = [w * length + k for w in chosen for k in range(length)]
+        per_frame = {key: [meta[key][t] for t in frames] for key in FRAME_FIELDS if key in meta}
+        view_meta = dict(meta, **per_frame, windows=len(chosen), frames=len(frames),
+                         window_starts=[meta["window_starts"][w] for w in chosen])
+        result.append(dict(sample, frames=sample["frames"][frames], mouths=sample["mouths"][frames], meta=view_meta))
+    return result
 
 
 def window_offsets(meta: dict, inputs: InputConfig, frames: int) -> np.ndarray:

@@ -114,6 +114,10 @@ class ScoreConfig:
     # standardised on the genuine validation clips, then averaged / the largest taken, and mapped to a
     # probability by a logistic fit on the validation labels; the statistics are stored in best/info.json.
     rule: Literal["fused", "mean", "max"] = "fused"
+    # Inference only (``infer.Predictor``): N > 1 extracts N x data.windows windows and scores N clips of
+    # interleaved windows (``models.batch.time_views``), each output averaged over them before the rule combines
+    # them. Training and validation read one clip of data.windows, so the rule's statistics are single clips'.
+    time_views: int = 1
 
 
 @dataclass

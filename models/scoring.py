@@ -59,6 +59,18 @@ def evidence(outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return result
 
 
+def mean_per_clip(values: np.ndarray, owner: np.ndarray, clips: int) -> np.ndarray:
+    """[..., V] values of V views -> [clips]: each clip's mean over all of its views (``owner``: the clip index of
+    each view) and the leading axes (e.g. a mirrored copy), NaN only where all of them are NaN."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1, len(owner))
+    out = np.full(clips, np.nan)
+    for i in range(clips):
+        chosen = values[:, owner == i]
+        if np.isfinite(chosen).any():
+            out[i] = np.nanmean(chosen)
+    return out
+
+
 @dataclass
 class ScoreRule:
     """A fitted ``score.rule``: per output the genuine clips' mean (``center``) and s.d. (``scale``), and the

@@ -243,6 +243,7 @@ def validate(cfg: Config, source: str) -> None:
             raise ConfigError(f"{source}: {message}")
 
     need(cfg.data.windows >= 1 and cfg.data.window_frames >= 1, "data.windows and data.window_frames must be >= 1")
+    need(cfg.score.time_views >= 1, "score.time_views must be >= 1")
     need(cfg.data.size >= 16 and cfg.data.mouth_size >= 8, "data.size must be >= 16 and data.mouth_size >= 8")
     need(cfg.data.max_clip_seconds > 0, "data.max_clip_seconds must be > 0")
     need(cfg.model.dim % cfg.model.heads == 0, f"model.dim ({cfg.model.dim}) must be divisible by model.heads "

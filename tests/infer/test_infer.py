@@ -220,3 +220,40 @@ def test_explain_writes_aligned_overlays_and_a_page(synthetic_dataset, tiny_run,
     for figure in entries[0]["figures"].values():
         assert (tmp_path / "explain" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert video.name in (tmp_path / "explain" / "index.html").read_text()
+
+
+def test_time_views_average_interleaved_clips_of_the_configs_windows(synthetic_dataset, tiny_run, test_submission,
+                                                                    tmp_path):
+    import torch
+
+    from infer.predict import Predictor
+    from models.batch import prepare, time_views
+    from shards.pool import extracted
+
+    single, predictor = Predictor(tiny_run / "best"), Predictor(tiny_run / "best", time_views=2)
+    assert single.time_views == 1  # tiny's score.time_views
+    inputs, k = predictor.spec.data, predictor.spec.data.window_frames
+    video = sorted((synthetic_dataset / "test").glob("*.mp4"))[0]
+    (_, sample, _), = extracted([video], predictor.extraction_options(), workers=0)
+    meta = sample["meta"]
+    assert meta["windows"] == 2 * inputs.windows
+    for j, view in enumerate(time_views(sample, 2)):
+        chosen = range(j, meta["windows"], 2)  # view j: windows j, j + 2, ...
+        frames = [w * k + i for w in chosen for i in range(k)]
+        assert view["meta"]["window_starts"] == [meta["window_starts"][w] for w in chosen]
+        assert view["meta"]["boxes"] == [meta["boxes"][t] for t in frames]
+        assert torch.equal(view["frames"], sample["frames"][frames])
+        assert torch.equal(view["mouths"], sample["mouths"][frames])
+        prepare(view, inputs)  # the config's clip shape: refused otherwise
+    with pytest.raises(ValueError, match="do not split into 3 views"):
+        time_views(sample, 3)
+
+    out = tmp_path / "views.csv"
+    result = run_infer(synthetic_dataset / "test", tiny_run / "best", out, "--time-views", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows, once = read_rows(out), read_rows(test_submission)
+    assert [r["video_name"] for r in rows] == [r["video_name"] for r in once]
+    scores = np.array([float(r["score"]) for r in rows])
+    assert ((scores > 0) & (scores < 1)).all() and not np.allclose(scores, [float(r["score"]) for r in once])
+    result = run_infer(synthetic_dataset / "test", tiny_run / "best", out, "--time-views", "0")
+    assert result.returncode == 2 and "--time-views must be 1 or more" in result.stderr

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from models.scoring import ScoreRule, evidence, fit_score_rule
+from models.scoring import ScoreRule, evidence, fit_score_rule, mean_per_clip
 
 
 def outputs(n: int = 4) -> dict[str, torch.Tensor]:
@@ -106,3 +106,11 @@ def test_one_class_validation_still_gives_an_increasing_map():
     probability = fitted.probability(ev)
     assert np.median(probability[labels == 0]) == pytest.approx(0.5, abs=0.02)
     assert roc_auc_score(labels, probability) == pytest.approx(roc_auc_score(labels, fitted.combined(ev)))
+
+
+def test_mean_per_clip_averages_each_clips_views_and_skips_missing_ones():
+    owner = np.array([0, 0, 1, 1, 2])  # clips 0 and 1 have two views, clip 2 one
+    views = np.array([[1.0, 3.0, np.nan, 5.0, np.nan],
+                      [3.0, 5.0, np.nan, 7.0, np.nan]])  # e.g. the clips and their mirror images
+    means = mean_per_clip(views, owner, 3)
+    assert means[:2].tolist() == [3.0, 6.0] and np.isnan(means[2])  # NaN only where every view lacks it

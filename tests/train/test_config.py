@@ -78,6 +78,7 @@ def test_unknown_section_and_unknown_override():
     ("train.optimizer=sgd", "not one of"),
     ("train.select=best", "not one of"),
     ("train.eval_every_epochs=0", "train.eval_every_epochs must be >= 1"),
+    ("score.time_views=0", "score.time_views must be >= 1"),
     ("model.dim=65", "divisible by model.heads"),
     ("model.blend_head=true", "model.blend_head learns from self-blended clips"),
     ("model.voice_head=true", "model.voice_head reads the clip voice tokens"),
