@@ -26,9 +26,7 @@ import torch
 
 from competition import CATEGORIES
 from models.config import InputConfig
-from shards.extract import AUDIO_SAMPLE_RATE
-
-FRAME_FIELDS = ("times", "frame_times", "boxes", "crop_boxes", "mouth_boxes", "scores")  # meta lists, one per frame
+from shards.extract import AUDIO_SAMPLE_RATE, FRAME_FIELDS
 
 # (frames uint8 [T,3,S,S], mouths uint8 [T,3,M,M], audio float32 [N]) -> (frames, mouths, audio, time steps to
 # keep: bool [T])

@@ -69,6 +69,7 @@ FALLBACKS = ("no_face", "no_audio", "audio_unreadable", "partial_audio", "trunca
              "decode_errors")
 PARTIAL_AUDIO_SECONDS = 0.25
 FORMAT = 2  # the sample format (shards.format): windows of consecutive frames with mouth crops
+FRAME_FIELDS = ("times", "frame_times", "boxes", "crop_boxes", "mouth_boxes", "scores")  # meta lists, one per frame
 AGREE_IOU = 0.6  # detected boxes this similar at both ends of a gap: interpolate the frames between
 
 
