@@ -1,8 +1,8 @@
 """Training augmentations suited to deepfake detection, one parameter draw per clip (all frames alike).
 
 Visual: mirror, colour jitter, resolution loss (down/up-scaling), Gaussian blur, sensor noise, face-part cutout,
-JPEG re-compression. Audio: gain, additive noise at a random SNR, codec-like band-limiting, a small shift of the
-whole track. Pseudo-fakes: ``self_blend`` turns a genuine clip's faces into a blended face (the clip's own face,
+JPEG re-compression. Audio: gain, additive noise at a random SNR, codec-like band-limiting, a recording channel's
+colour (``channel_eq``), a small shift of the whole track. Pseudo-fakes: ``self_blend`` turns a genuine clip's faces into a blended face (the clip's own face,
 slightly moved, recoloured and re-sampled, pasted inside a soft elliptical mask), a face swap without a donor;
 ``self_vocode`` re-synthesises a genuine clip's audio from its magnitude spectrogram (Griffin-Lim), a converted
 voice without a target speaker. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so
@@ -195,6 +195,9 @@ def augment_audio(audio: np.ndarray, aug: AugmentConfig, rng: np.random.Generato
         if rms > 0:
             snr_db = rng.uniform(10.0, 40.0)
             x = x + rng.normal(0.0, rms / 10 ** (snr_db / 20), x.shape).astype(np.float32)
+    if aug.channel_eq > 0 and rng.random() < aug.channel_eq:
+        x = channel_colour(x, low_db=rng.uniform(-24.0, 12.0), corner_hz=float(np.exp(rng.uniform(np.log(100.0),
+                           np.log(600.0)))), tilt_db=rng.uniform(-4.0, 4.0))
     return np.clip(x, -1.0, 1.0).astype(np.float32)
 
 
@@ -224,6 +227,21 @@ def low_pass(x: np.ndarray, cutoff_hz: float, sample_rate: int = AUDIO_SAMPLE_RA
     taper = np.clip((cutoff_hz + 300.0 - freqs) / 300.0, 0.0, 1.0)
     gain = 0.5 - 0.5 * np.cos(np.pi * taper)
     return np.fft.irfft(spectrum * gain, n=x.size).astype(np.float32)
+
+
+def channel_colour(x: np.ndarray, low_db: float, corner_hz: float, tilt_db: float,
+                   sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
+    """The clip as another microphone, room or phone line would colour it, at the same RMS level: ``low_db`` of
+    gain below ``corner_hz`` (a smooth 4th-order shelf: negative is a high-pass, positive a boomy low end) and a
+    tilt of ``tilt_db`` per octave around 1 kHz (clipped at +-12 dB). Genuine voices recorded through channels
+    unlike the training speakers' are otherwise called fake by the voice encoder (README, "Generality protocol")."""
+    spectrum = np.fft.rfft(x)
+    freqs = np.fft.rfftfreq(x.size, 1.0 / sample_rate)
+    shelf = low_db / (1.0 + (freqs / corner_hz) ** 4)
+    tilt = np.clip(tilt_db * np.log2(np.maximum(freqs, 20.0) / 1000.0), -12.0, 12.0)
+    y = np.fft.irfft(spectrum * 10 ** ((shelf + tilt) / 20), n=x.size)
+    level = np.sqrt(np.mean(x.astype(np.float64) ** 2) / max(float(np.mean(y ** 2)), 1e-12))
+    return (y * level).astype(np.float32)
 
 
 def temporal_keep_mask(frames: int, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

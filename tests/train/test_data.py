@@ -189,6 +189,39 @@ def test_self_vocode_keeps_length_and_level_and_changes_the_waveform():
         assert np.abs(out - voice).mean() > 0.01
 
 
+def test_channel_colour_shelves_the_low_end_tilts_and_keeps_the_level():
+    from train.augment import channel_colour
+
+    t = np.arange(16_000) / 16_000
+    low, high = np.sin(2 * np.pi * 100 * t), np.sin(2 * np.pi * 4000 * t)
+    x = (0.2 * low + 0.2 * high).astype(np.float32)
+
+    def share_of_low(y: np.ndarray) -> float:
+        return float(np.dot(y, low) ** 2 / (np.dot(y, low) ** 2 + np.dot(y, high) ** 2))
+
+    flat = channel_colour(x, low_db=0.0, corner_hz=300.0, tilt_db=0.0)
+    np.testing.assert_allclose(flat, x, atol=1e-5)
+    for out in (channel_colour(x, low_db=-20.0, corner_hz=300.0, tilt_db=0.0),
+                channel_colour(x, low_db=0.0, corner_hz=300.0, tilt_db=4.0)):
+        assert out.shape == x.shape and out.dtype == np.float32
+        assert np.sqrt(np.mean(out ** 2)) == pytest.approx(np.sqrt(np.mean(x ** 2)), rel=1e-3)
+        assert share_of_low(out) < 0.05  # 100 Hz 20 dB down (the shelf), or 21 dB below 4 kHz (the tilt)
+    assert share_of_low(channel_colour(x, low_db=12.0, corner_hz=300.0, tilt_db=0.0)) > 0.9
+
+
+def test_channel_eq_colours_when_drawn_and_draws_nothing_when_off():
+    from train.augment import augment_audio
+
+    voice = np.random.default_rng(0).normal(0, 0.1, 16_000).astype(np.float32)
+    others_off = {"audio_gain": 0.0, "audio_noise": 0.0, "band_limit": 0.0, "audio_jitter_ms": 0.0}
+    rng, reference = np.random.default_rng(3), np.random.default_rng(3)
+    np.testing.assert_array_equal(augment_audio(voice, AugmentConfig(**others_off), rng), voice)
+    reference.random(3)  # the band-limit, gain and noise draws: an older config's stream is unchanged
+    assert rng.random() == reference.random()
+    coloured = augment_audio(voice, AugmentConfig(**others_off, channel_eq=1.0), np.random.default_rng(3))
+    assert np.abs(coloured - voice).mean() > 0.001
+
+
 def test_self_blend_changes_the_inner_face_only():
     from train.augment import self_blend
 
