@@ -2,7 +2,7 @@
 
 Visual: mirror, colour jitter, resolution loss (down/up-scaling), Gaussian blur, sensor noise, face-part cutout,
 JPEG re-compression. Audio: gain, additive noise at a random SNR, codec-like band-limiting, a recording channel's
-colour (``channel_eq``), a small shift of the whole track. Pseudo-fakes: ``self_blend`` turns a genuine clip's faces into a blended face (the clip's own face,
+noise floor (``channel_noise``) and colour (``channel_eq``), a small shift of the whole track. Pseudo-fakes: ``self_blend`` turns a genuine clip's faces into a blended face (the clip's own face,
 slightly moved, recoloured and re-sampled, pasted inside a soft elliptical mask), a face swap without a donor;
 ``self_vocode`` re-synthesises a genuine clip's audio from its magnitude spectrogram (Griffin-Lim), a converted
 voice without a target speaker. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so
@@ -195,6 +195,8 @@ def augment_audio(audio: np.ndarray, aug: AugmentConfig, rng: np.random.Generato
         if rms > 0:
             snr_db = rng.uniform(10.0, 40.0)
             x = x + rng.normal(0.0, rms / 10 ** (snr_db / 20), x.shape).astype(np.float32)
+    if aug.channel_noise > 0 and rng.random() < aug.channel_noise:
+        x = x + speech_shaped_noise(x, snr_db=rng.uniform(5.0, 30.0), rng=rng)
     if aug.channel_eq > 0 and rng.random() < aug.channel_eq:
         x = channel_colour(x, low_db=rng.uniform(-24.0, 12.0), corner_hz=float(np.exp(rng.uniform(np.log(100.0),
                            np.log(600.0)))), tilt_db=rng.uniform(-4.0, 4.0))
@@ -242,6 +244,18 @@ def channel_colour(x: np.ndarray, low_db: float, corner_hz: float, tilt_db: floa
     y = np.fft.irfft(spectrum * 10 ** ((shelf + tilt) / 20), n=x.size)
     level = np.sqrt(np.mean(x.astype(np.float64) ** 2) / max(float(np.mean(y ** 2)), 1e-12))
     return (y * level).astype(np.float32)
+
+
+def speech_shaped_noise(x: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Stationary noise with the clip's own long-term spectrum (its magnitudes, random phases) at ``snr_db`` below
+    its level: the in-band hiss and hum of a noisy recording, where white noise would fill the empty band above a
+    narrowband source's cut-off."""
+    magnitude = np.abs(np.fft.rfft(x.astype(np.float64)))
+    width = max(1, round(100.0 * x.size / AUDIO_SAMPLE_RATE))  # smoothed over 100 Hz: no harmonics of the voice
+    magnitude = np.convolve(magnitude, np.full(width, 1.0 / width), mode="same")
+    noise = np.fft.irfft(magnitude * np.exp(2j * np.pi * rng.random(magnitude.size)), n=x.size)
+    level = np.sqrt(np.mean(x.astype(np.float64) ** 2) / max(float(np.mean(noise ** 2)), 1e-12))
+    return (noise * level * 10 ** (-snr_db / 20)).astype(np.float32)
 
 
 def temporal_keep_mask(frames: int, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

@@ -46,6 +46,7 @@ class AugmentConfig:
     audio_noise: float = 0.3
     band_limit: float = 0.3  # codec-like low-pass (telephone / low-bitrate bandwidths)
     channel_eq: float = 0.0  # a recording channel's colour: a random low-frequency shelf and spectral tilt
+    channel_noise: float = 0.0  # a stationary noise floor shaped like the clip's own long-term spectrum
     temporal_crop: float = 0.5  # mask a random prefix/suffix of the clip (no leading-silence shortcut)
     min_keep: float = 0.5  # fraction of time steps a temporal crop keeps at least
     audio_jitter_ms: float = 10.0  # shift of the whole audio track against the frames

@@ -209,6 +209,20 @@ def test_channel_colour_shelves_the_low_end_tilts_and_keeps_the_level():
     assert share_of_low(channel_colour(x, low_db=12.0, corner_hz=300.0, tilt_db=0.0)) > 0.9
 
 
+def test_speech_shaped_noise_stays_in_the_clips_band_at_the_drawn_snr():
+    from train.augment import low_pass, speech_shaped_noise
+
+    narrowband = low_pass(np.random.default_rng(0).normal(0, 0.1, 32_000).astype(np.float32), cutoff_hz=3500.0)
+    noise = speech_shaped_noise(narrowband, snr_db=10.0, rng=np.random.default_rng(1))
+    assert noise.shape == narrowband.shape and noise.dtype == np.float32
+    snr = 10 * np.log10(np.mean(narrowband.astype(np.float64) ** 2) / np.mean(noise.astype(np.float64) ** 2))
+    assert snr == pytest.approx(10.0, abs=0.01)
+    spectrum = np.abs(np.fft.rfft(noise)) ** 2
+    freqs = np.fft.rfftfreq(noise.size, 1 / 16_000)
+    assert spectrum[freqs > 4000].sum() < 0.01 * spectrum.sum()  # no hiss above the band white noise would fill
+    assert np.corrcoef(noise, narrowband)[0, 1] < 0.05  # noise, not a copy
+
+
 def test_channel_eq_colours_when_drawn_and_draws_nothing_when_off():
     from train.augment import augment_audio
 
