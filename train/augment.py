@@ -2,8 +2,8 @@
 
 Visual: mirror, colour jitter, resolution loss (down/up-scaling), Gaussian blur, sensor noise, face-part cutout,
 JPEG re-compression. Audio: gain, additive noise at a random SNR, codec-like band-limiting, a recording channel's
-noise floor (``channel_noise``) and colour (``channel_eq``), a small shift of the whole track. Pseudo-fakes: ``self_blend`` turns a genuine clip's faces into a blended face (the clip's own face,
-slightly moved, recoloured and re-sampled, pasted inside a soft elliptical mask), a face swap without a donor;
+noise floor (``channel_noise``) and colour (``channel_eq``), a small shift of the whole track. Pseudo-fakes:
+``self_blend`` turns a genuine clip's faces into a blended face (the clip's own face, slightly moved, recoloured and re-sampled, pasted inside a soft elliptical mask), a face swap without a donor;
 ``self_vocode`` re-synthesises a genuine clip's audio from its magnitude spectrogram (Griffin-Lim), a converted
 voice without a target speaker. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so
 that a model cannot rely on where speech starts (fakes in FakeAVCeleb / AV-Deepfake1M start with silence).
@@ -218,8 +218,7 @@ def self_vocode(audio: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     y = torchaudio.functional.griffinlim(magnitude, window, n_fft, hop, n_fft, power=1.0,
                                          n_iter=int(rng.integers(4, 17)), momentum=0.99, length=audio.size,
                                          rand_init=False).numpy()
-    gain = np.sqrt(np.mean(audio.astype(np.float64) ** 2) / max(float(np.mean(y.astype(np.float64) ** 2)), 1e-12))
-    return np.clip(y * gain, -1.0, 1.0).astype(np.float32)
+    return np.clip(y * level_gain(audio, y), -1.0, 1.0).astype(np.float32)
 
 
 def low_pass(x: np.ndarray, cutoff_hz: float, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
@@ -235,15 +234,14 @@ def channel_colour(x: np.ndarray, low_db: float, corner_hz: float, tilt_db: floa
                    sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
     """The clip as another microphone, room or phone line would colour it, at the same RMS level: ``low_db`` of
     gain below ``corner_hz`` (a smooth 4th-order shelf: negative is a high-pass, positive a boomy low end) and a
-    tilt of ``tilt_db`` per octave around 1 kHz (clipped at +-12 dB). Genuine voices recorded through channels
-    unlike the training speakers' are otherwise called fake by the voice encoder (README, "Generality protocol")."""
+    tilt of ``tilt_db`` per octave around 1 kHz (clipped at +-12 dB). Meant for genuine voices recorded through
+    channels unlike the training speakers', which the voice encoder calls fake (README, "Generality protocol")."""
     spectrum = np.fft.rfft(x)
     freqs = np.fft.rfftfreq(x.size, 1.0 / sample_rate)
     shelf = low_db / (1.0 + (freqs / corner_hz) ** 4)
     tilt = np.clip(tilt_db * np.log2(np.maximum(freqs, 20.0) / 1000.0), -12.0, 12.0)
     y = np.fft.irfft(spectrum * 10 ** ((shelf + tilt) / 20), n=x.size)
-    level = np.sqrt(np.mean(x.astype(np.float64) ** 2) / max(float(np.mean(y ** 2)), 1e-12))
-    return (y * level).astype(np.float32)
+    return (y * level_gain(x, y)).astype(np.float32)
 
 
 def speech_shaped_noise(x: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
@@ -254,8 +252,14 @@ def speech_shaped_noise(x: np.ndarray, snr_db: float, rng: np.random.Generator) 
     width = max(1, round(100.0 * x.size / AUDIO_SAMPLE_RATE))  # smoothed over 100 Hz: no harmonics of the voice
     magnitude = np.convolve(magnitude, np.full(width, 1.0 / width), mode="same")
     noise = np.fft.irfft(magnitude * np.exp(2j * np.pi * rng.random(magnitude.size)), n=x.size)
-    level = np.sqrt(np.mean(x.astype(np.float64) ** 2) / max(float(np.mean(noise ** 2)), 1e-12))
-    return (noise * level * 10 ** (-snr_db / 20)).astype(np.float32)
+    return (noise * level_gain(x, noise) * 10 ** (-snr_db / 20)).astype(np.float32)
+
+
+def level_gain(reference: np.ndarray, y: np.ndarray) -> float:
+    """The gain that brings ``y`` to the RMS level of ``reference`` (1e-12 floor on a silent ``y``), as a float64
+    scalar: a float32 ``y`` times it is computed in float64, as the pseudo-fakes always were."""
+    power = np.mean(reference.astype(np.float64) ** 2)
+    return np.sqrt(power / max(float(np.mean(y.astype(np.float64) ** 2)), 1e-12))
 
 
 def temporal_keep_mask(frames: int, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
