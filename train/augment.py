@@ -3,7 +3,8 @@
 Visual: mirror, colour jitter, resolution loss (down/up-scaling), Gaussian blur, sensor noise, face-part cutout,
 JPEG re-compression. Audio: gain, additive noise at a random SNR, codec-like band-limiting, a recording channel's
 noise floor (``channel_noise``) and colour (``channel_eq``), a small shift of the whole track. Pseudo-fakes:
-``self_blend`` turns a genuine clip's faces into a blended face (the clip's own face, slightly moved, recoloured and re-sampled, pasted inside a soft elliptical mask), a face swap without a donor;
+``self_blend`` turns a genuine clip's faces into a blended face (the clip's own face, slightly moved, recoloured
+and re-sampled, pasted inside a soft elliptical mask), a face swap without a donor;
 ``self_vocode`` re-synthesises a genuine clip's audio from its magnitude spectrogram (Griffin-Lim), a converted
 voice without a target speaker. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so
 that a model cannot rely on where speech starts (fakes in FakeAVCeleb / AV-Deepfake1M start with silence).
