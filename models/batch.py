@@ -128,7 +128,7 @@ def blend_label(meta: dict, label: int, visual_label: int) -> int:
     fakes never reach the blend head, so mouth-only manipulations, whose frames look genuine, cannot confuse it."""
     if label == 0:
         return 0
-    return 1 if meta.get("pseudo_fake") and visual_label == 1 else -1
+    return 1 if meta.get("pseudo_fake") == "self_blend" and visual_label == 1 else -1
 
 
 def collate(samples: list[dict]) -> dict:

@@ -6,7 +6,8 @@ noise floor (``channel_noise``) and colour (``channel_eq``), a small shift of th
 ``self_blend`` turns a genuine clip's faces into a blended face (the clip's own face, slightly moved, recoloured
 and re-sampled, pasted inside a soft elliptical mask), a face swap without a donor;
 ``self_vocode`` re-synthesises a genuine clip's audio from its magnitude spectrogram (Griffin-Lim), a converted
-voice without a target speaker. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so
+voice without a target speaker; ``mouth_hold`` holds each mouth for 2-3 frames (a talking-mouth generator that runs
+at a lower frame rate) while the audio stays the clip's own. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so
 that a model cannot rely on where speech starts (fakes in FakeAVCeleb / AV-Deepfake1M start with silence).
 Every function draws from the ``numpy.random.Generator`` it is given: no global RNG (the sensor noise comes from
 OpenCV's generator, seeded from that one right before each use).
@@ -127,6 +128,37 @@ def self_blend(frames: np.ndarray, mouths: np.ndarray | None,
     pasted = source["look"](moved).astype(np.float32)
     blended = frames.astype(np.float32) * (1 - mask) + pasted * mask
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8), None if mouths is None else source["look"](mouths)
+
+
+def mouth_hold(frames: np.ndarray, mouths: np.ndarray, window_frames: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A genuine clip's crops (uint8 [T, H, W, 3] faces and mouths, windows of ``window_frames`` consecutive
+    frames) -> the same clip whose mouth moves in held steps: within each window every frame shows the mouth of
+    the step's first frame, in the mouth crop and in the mouth band of the face crop.
+
+    Generators that re-render a mouth to new speech often predict it at a lower rate than the video's and hold
+    each shape; the head, the camera and the rest of the face keep moving. Each copied mouth is moved by a random
+    sub-pixel shift, so a held step is not a run of identical crops (in a real video the crop tracks a moving
+    head)."""
+    hold, phase = int(rng.integers(2, 4)), int(rng.integers(0, 3))
+    step = np.arange(frames.shape[0]) % window_frames
+    source = np.arange(frames.shape[0]) - step + np.maximum((step + phase) // hold * hold - phase, 0)
+    h, w = frames.shape[1:3]
+    y0, y1, x0, x1 = FACE_PARTS["mouth"]
+    band = np.zeros((h, w), np.float32)
+    band[int((y0 - 0.04) * h):int(np.ceil((y1 + 0.04) * h)), int((x0 - 0.04) * w):int(np.ceil((x1 + 0.04) * w))] = 1
+    band = cv2.GaussianBlur(band, (0, 0), 0.02 * w)[:, :, None]
+    faces, lips = frames.copy(), mouths.copy()
+    for k in np.flatnonzero(source != np.arange(frames.shape[0])):
+        dx, dy, mouth_dx, mouth_dy = rng.normal(0.0, 0.4, 4)
+        faces[k] = np.clip(frames[k] * (1 - band) + _shifted(frames[source[k]], dx, dy) * band + 0.5, 0, 255)
+        lips[k] = _shifted(mouths[source[k]], mouth_dx, mouth_dy)
+    return faces, lips
+
+
+def _shifted(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(image, m, image.shape[1::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
 def _blend_source(rng: np.random.Generator) -> dict:

@@ -52,6 +52,7 @@ class AugmentConfig:
     audio_jitter_ms: float = 10.0  # shift of the whole audio track against the frames
     self_blend: float = 0.0  # chance a genuine clip becomes a self-blended face (a visual fake; train.augment)
     self_vocode: float = 0.0  # chance a genuine clip's audio is re-synthesised by a vocoder (an audio fake)
+    mouth_hold: float = 0.0  # chance a genuine clip's mouth is held for 2-3 frames at a time (a visual fake)
 
 
 @dataclass
@@ -257,9 +258,9 @@ def validate(cfg: Config, source: str) -> None:
     need(0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)")
     need(len(cfg.train.betas) == 2, "train.betas needs two values")
     need(len(cfg.data.augment.jpeg_quality) == 2, "data.augment.jpeg_quality needs [low, high]")
-    blend, vocode = cfg.data.augment.self_blend, cfg.data.augment.self_vocode
-    need(blend >= 0 and vocode >= 0 and blend + vocode <= 1.0, "data.augment.self_blend and self_vocode are "
-         "chances of one genuine clip: each >= 0, together <= 1")
+    blend, vocode, hold = cfg.data.augment.self_blend, cfg.data.augment.self_vocode, cfg.data.augment.mouth_hold
+    need(min(blend, vocode, hold) >= 0 and blend + vocode + hold <= 1.0, "data.augment.self_blend, self_vocode and "
+         "mouth_hold are chances of one genuine clip: each >= 0, together <= 1")
     pre = cfg.train.face_pretrain
     need(pre.steps >= 0, "train.face_pretrain.steps must be >= 0 (0: no face pretraining)")
     if pre.steps:

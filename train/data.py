@@ -23,7 +23,14 @@ from torch.utils.data import DataLoader, IterableDataset
 from competition import CATEGORIES
 from models.batch import Augment, collate, prepare
 from shards import reader
-from train.augment import augment_audio, augment_frames, self_blend, self_vocode, temporal_keep_mask
+from train.augment import (
+    augment_audio,
+    augment_frames,
+    mouth_hold,
+    self_blend,
+    self_vocode,
+    temporal_keep_mask,
+)
 from train.config import AugmentConfig, Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
@@ -47,17 +54,20 @@ def augmenter(aug: AugmentConfig, rng: np.random.Generator) -> Augment:
 
 def prepare_train(sample: dict, cfg: Config, rng: np.random.Generator) -> dict:
     """``prepare`` with the config's augmentation (none when data.augment.enabled is false), after turning a
-    genuine clip into a pseudo-fake with chance data.augment.self_blend (a self-blended face) or self_vocode (a
-    vocoded copy of its audio)."""
+    genuine clip into a pseudo-fake with chance data.augment.self_blend (a self-blended face), self_vocode (a
+    vocoded copy of its audio) or mouth_hold (its mouth held for 2-3 frames at a time)."""
     aug = cfg.data.augment
     if not aug.enabled:
         return prepare(sample, cfg.data)
-    if aug.self_blend + aug.self_vocode > 0 and sample.get("label") == 0:
+    if aug.self_blend + aug.self_vocode + aug.mouth_hold > 0 and sample.get("label") == 0:
         draw = rng.random()
-        if draw < aug.self_blend and sample.get("has_face", True):
+        has_face, has_audio = sample.get("has_face", True), sample.get("has_audio", True)
+        if draw < aug.self_blend and has_face:
             sample = self_blended(sample, rng)
-        elif aug.self_blend <= draw < aug.self_blend + aug.self_vocode and sample.get("has_audio", True):
+        elif aug.self_blend <= draw < aug.self_blend + aug.self_vocode and has_audio:
             sample = self_vocoded(sample, rng)
+        elif 0 <= draw - aug.self_blend - aug.self_vocode < aug.mouth_hold and has_face:
+            sample = mouth_held(sample, cfg.data.window_frames, rng)
     return prepare(sample, cfg.data, augment=augmenter(aug, rng))
 
 
@@ -68,23 +78,38 @@ AUDIO_FAKE = next(c for c, kinds in CATEGORIES.items() if kinds == (0, 1))
 def self_blended(sample: dict, rng: np.random.Generator) -> dict:
     """A genuine reader sample -> the same clip with a self-blended face (``train.augment.self_blend``), labelled
     a visual fake with genuine audio."""
-    frames = np.asarray(sample["frames"]).transpose(0, 2, 3, 1)
-    mouths = np.asarray(sample["mouths"]).transpose(0, 2, 3, 1)
-    frames, mouths = self_blend(np.ascontiguousarray(frames), np.ascontiguousarray(mouths), rng)
-    return _pseudo_fake(sample, VISUAL_FAKE, frames=np.ascontiguousarray(frames.transpose(0, 3, 1, 2)),
-                        mouths=np.ascontiguousarray(mouths.transpose(0, 3, 1, 2)))
+    frames, mouths = self_blend(_channels_last(sample["frames"]), _channels_last(sample["mouths"]), rng)
+    return _pseudo_fake(sample, "self_blend", VISUAL_FAKE, frames=_channels_first(frames),
+                        mouths=_channels_first(mouths))
+
+
+def mouth_held(sample: dict, window_frames: int, rng: np.random.Generator) -> dict:
+    """A genuine reader sample -> the same clip with its mouth held for 2-3 frames at a time
+    (``train.augment.mouth_hold``), labelled a visual fake with genuine audio."""
+    frames, mouths = mouth_hold(_channels_last(sample["frames"]), _channels_last(sample["mouths"]), window_frames, rng)
+    return _pseudo_fake(sample, "mouth_hold", VISUAL_FAKE, frames=_channels_first(frames),
+                        mouths=_channels_first(mouths))
+
+
+def _channels_last(x) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+def _channels_first(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 def self_vocoded(sample: dict, rng: np.random.Generator) -> dict:
     """A genuine reader sample -> the same clip with vocoded audio (``train.augment.self_vocode``), labelled an
     audio fake with genuine video."""
     audio = np.asarray(sample["audio"], dtype=np.float32).reshape(-1)
-    return _pseudo_fake(sample, AUDIO_FAKE, audio=self_vocode(audio, rng))
+    return _pseudo_fake(sample, "self_vocode", AUDIO_FAKE, audio=self_vocode(audio, rng))
 
 
-def _pseudo_fake(sample: dict, category: str, **changed) -> dict:
-    """Labelled fake; its lips and voice stay in sync, so the synchrony loss keeps reading it (``pseudo_fake``)."""
-    meta = {**(sample.get("meta") or {}), "category": category, "pseudo_fake": True}
+def _pseudo_fake(sample: dict, kind: str, category: str, **changed) -> dict:
+    """Labelled fake; its lips and voice stay in sync, so the synchrony loss keeps reading it (``pseudo_fake``: the
+    augmentation that made it)."""
+    meta = {**(sample.get("meta") or {}), "category": category, "pseudo_fake": kind}
     return {**sample, **changed, "label": 1, "meta": meta}
 
 

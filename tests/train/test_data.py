@@ -148,8 +148,10 @@ def test_modality_labels_from_a_category():
 def test_config_refuses_pseudo_fake_chances_over_one():
     from train.config import ConfigError
 
-    with pytest.raises(ConfigError, match="self_blend and self_vocode"):
+    with pytest.raises(ConfigError, match="self_blend, self_vocode and mouth_hold"):
         load_config(ROOT / "configs" / "tiny.yaml", ["data.augment.self_blend=0.7", "data.augment.self_vocode=0.5"])
+    with pytest.raises(ConfigError, match="self_blend, self_vocode and mouth_hold"):
+        load_config(ROOT / "configs" / "tiny.yaml", ["data.augment.self_blend=0.5", "data.augment.mouth_hold=0.6"])
 
 
 def test_self_blend_makes_a_visual_fake_of_a_genuine_clip(cfg):
@@ -165,6 +167,41 @@ def test_self_blend_makes_a_visual_fake_of_a_genuine_clip(cfg):
     untouched = prepare_train(genuine, cfg, np.random.default_rng(0))
     assert (untouched["label"], untouched["visual_label"], untouched["audio_label"]) == (0, 0, 0)
     assert untouched["blend_label"] == 0
+
+
+def test_mouth_hold_makes_a_visual_fake_of_a_genuine_clip():
+    hold = load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, "data.max_clip_seconds=2.0",
+                                                        "data.augment.mouth_hold=1.0", "data.augment.enabled=true"])
+    out = prepare_train(sample(7, 0), hold, np.random.default_rng(0))
+    assert (out["label"], out["visual_label"], out["audio_label"]) == (1, 1, 0) and out["in_sync"]
+    assert out["blend_label"] == -1  # not a blended face: the blend head never reads it
+
+
+def test_mouth_hold_holds_each_mouth_for_a_few_frames_within_each_window():
+    from train.augment import FACE_PARTS, mouth_hold
+
+    rng = np.random.default_rng(0)
+
+    def smooth_clip(size: int) -> np.ndarray:
+        noise = rng.uniform(0, 255, (16 * size, size, 3)).astype(np.float32)
+        return np.clip(cv2.GaussianBlur(noise, (0, 0), 3), 0, 255).astype(np.uint8).reshape(16, size, size, 3)
+
+    frames, mouths = smooth_clip(64), smooth_clip(32)
+    y0, y1, x0, x1 = (round(v * 64) for v in FACE_PARTS["mouth"])
+    for seed in range(6):
+        faces, lips = mouth_hold(frames, mouths, window_frames=8, rng=np.random.default_rng(seed))
+        assert faces.shape == frames.shape and lips.shape == mouths.shape and lips.dtype == np.uint8
+        np.testing.assert_array_equal(faces[:, :8], frames[:, :8])  # above the mouth band: untouched
+        np.testing.assert_array_equal(lips[[0, 8]], mouths[[0, 8]])  # each window starts with its own mouth
+        changed = [k for k in range(16) if not np.array_equal(lips[k], mouths[k])]
+        assert 6 <= len(changed) <= 11 and not {0, 8} & set(changed)
+        for k in changed:
+            previous = max(j for j in range(k // 8 * 8, k) if j not in changed)
+            own, held = (np.abs(lips[k].astype(int) - mouths[j]).mean() for j in (k, previous))
+            assert held < own / 3  # the mouth of the step's first frame, slightly moved
+            band = faces[k, y0:y1, x0:x1].astype(int)
+            own, held = (np.abs(band - frames[j, y0:y1, x0:x1]).mean() for j in (k, previous))
+            assert held < own / 3
 
 
 def test_self_vocode_makes_an_audio_fake_of_a_genuine_clip():
