@@ -153,7 +153,8 @@ class AVTransformer(nn.Module):
             if m.clip_audio_backbone:
                 backbone = FeatureMap(timm_backbone(m.clip_audio_backbone, None, in_chans=1))
             self.clip_voice = ClipVoiceEncoder(m.n_mels, m.n_fft, m.hop_length, m.clip_audio_channels, d,
-                                               m.clip_audio_tokens, backbone, m.clip_audio_crop)
+                                               m.clip_audio_tokens, backbone, m.clip_audio_crop,
+                                               m.clip_audio_band_norm)
             self.clip_voice_embed = nn.Parameter(torch.zeros(1, m.clip_audio_tokens, d))  # its span and modality
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))

@@ -72,6 +72,10 @@ class ModelConfig:
     # are a few seconds of the 10 s): training crops each batch to its longest clip, evaluation reads each clip up
     # to its own spans (scores stay independent of the batch). Off: what checkpoints from before this option read.
     clip_audio_crop: bool = False
+    # Subtract each Mel band's mean over the clip's real audio before the clip voice encoder reads it (cepstral mean
+    # normalisation, as speaker verification does): a recording channel's fixed colour (microphone, room, EQ) is
+    # gone, what changes within the utterance stays. Off: the clip's level and overall spectral shape are kept.
+    clip_audio_band_norm: bool = False
     # A linear head on the mean of those clip voice tokens, trained on the audio label (loss.voice): the voice
     # encoder gets its own signal, as the seed baseline's ResNet does, instead of only what reaches it through the
     # fusion transformer; its logit, detached, is one more input of the fused head.

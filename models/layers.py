@@ -102,12 +102,13 @@ class ClipVoiceEncoder(nn.Module):
     the spectrum, which pooling over frequency would blur."""
 
     def __init__(self, n_mels: int, n_fft: int, hop_length: int, channels: list[int], dim: int, tokens: int,
-                 backbone: nn.Module | None = None, crop: bool = False):
+                 backbone: nn.Module | None = None, crop: bool = False, band_norm: bool = False):
         """``backbone``: a CNN that maps the [N, 1, n_mels, hops] image to a feature map [N, C, bands, steps] (a timm
         model's ``forward_features``, as the seed baseline reads the spectrogram) instead of the strided stack.
-        ``crop``: read only the spans that start inside the audio (``model.clip_audio_crop``)."""
+        ``crop``: read only the spans that start inside the audio (``model.clip_audio_crop``). ``band_norm``: each
+        Mel band centred on its own mean over the real audio first (``model.clip_audio_band_norm``)."""
         super().__init__()
-        self.hop_length, self.tokens, self.crop = hop_length, tokens, crop
+        self.hop_length, self.tokens, self.crop, self.band_norm = hop_length, tokens, crop, band_norm
         self.logmel = LogMel(n_mels, n_fft, hop_length, center=False, batch_norm=False)
         if backbone is None:
             layers, previous = [], 1
@@ -154,6 +155,8 @@ class ClipVoiceEncoder(nn.Module):
         ends = torch.arange(hops, device=mel.device) * self.hop_length + self.logmel.n_fft  # each STFT frame's end
         real = ends[None, :] <= lengths[:, None]  # [N, H]: frames that read real audio only
         weight = real[:, None, None, :].float()
+        if self.band_norm:
+            mel = mel - (mel * weight).sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp(min=1.0)
         count = (weight.sum((1, 2, 3)) * mel.shape[2]).clamp(min=1.0)
         mean = (mel * weight).sum((1, 2, 3)) / count
         var = (((mel - mean[:, None, None, None]) * weight) ** 2).sum((1, 2, 3)) / count

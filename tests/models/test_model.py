@@ -182,6 +182,28 @@ def test_clip_voice_tokens_hear_the_real_audio_only(backbone, crop):
 
 
 @torch.no_grad()
+def test_clip_voice_band_norm_takes_a_fixed_channel_colour_away():
+    """model.clip_audio_band_norm: each Mel band centred on its mean over the real audio, so a fixed filter on the
+    recording (a microphone's or a room's colour: nearly a constant per band in log-Mel) barely moves the clip
+    voice tokens, where without it they move with the colour; the padding still changes nothing."""
+    t = torch.arange(3 * 16000) / 16000
+    voice = torch.randn(2, t.numel(), generator=torch.Generator().manual_seed(0)) * (1 + torch.sin(2 * torch.pi * 3 * t))
+    coloured = voice.clone()
+    coloured[:, 1:] -= 0.9 * voice[:, :-1]  # pre-emphasis: up to 25 dB more treble than bass
+    lengths = torch.full((2,), t.numel())
+    moved = {}
+    for band_norm in (False, True):
+        torch.manual_seed(0)
+        cfg = load_config(TINY, ["model.clip_audio_tokens=4", f"model.clip_audio_band_norm={band_norm}"])
+        encoder = create_model(cfg).clip_voice.eval()
+        tokens = encoder(voice, lengths)[0]
+        moved[band_norm] = float((encoder(coloured, lengths)[0] - tokens).norm() / tokens.norm())
+        silent_pad, noisy_pad = (torch.cat([voice, pad], 1) for pad in (torch.zeros(2, 16000), torch.rand(2, 16000)))
+        assert torch.allclose(encoder(silent_pad, lengths)[0], encoder(noisy_pad, lengths)[0], atol=1e-4)
+    assert moved[True] < moved[False] / 3, moved
+
+
+@torch.no_grad()
 def test_clip_voice_crop_reads_only_the_spans_with_audio_and_each_clip_alone_in_evaluation():
     """model.clip_audio_crop: the clip voice encoder computes only the token spans that start inside some clip's
     audio (without it, the whole 10 s of padding): training crops the batch to its longest clip in one call,
