@@ -7,8 +7,9 @@ noise floor (``channel_noise``) and colour (``channel_eq``), a small shift of th
 and re-sampled, pasted inside a soft elliptical mask), a face swap without a donor;
 ``self_vocode`` re-synthesises a genuine clip's audio from its magnitude spectrogram (Griffin-Lim), a converted
 voice without a target speaker; ``mouth_hold`` holds each mouth for 2-3 frames (a talking-mouth generator that runs
-at a lower frame rate) while the audio stays the clip's own. Time: a random temporal crop (a prefix and/or suffix of the clip is masked out) so
-that a model cannot rely on where speech starts (fakes in FakeAVCeleb / AV-Deepfake1M start with silence).
+at a lower frame rate) while the audio stays the clip's own. Time: a random temporal crop (a prefix and/or suffix
+of the clip is masked out) so that a model cannot rely on where speech starts (fakes in FakeAVCeleb /
+AV-Deepfake1M start with silence).
 Every function draws from the ``numpy.random.Generator`` it is given: no global RNG (the sensor noise comes from
 OpenCV's generator, seeded from that one right before each use).
 

@@ -187,7 +187,8 @@ def test_clip_voice_band_norm_takes_a_fixed_channel_colour_away():
     recording (a microphone's or a room's colour: nearly a constant per band in log-Mel) barely moves the clip
     voice tokens, where without it they move with the colour; the padding still changes nothing."""
     t = torch.arange(3 * 16000) / 16000
-    voice = torch.randn(2, t.numel(), generator=torch.Generator().manual_seed(0)) * (1 + torch.sin(2 * torch.pi * 3 * t))
+    noise = torch.randn(2, t.numel(), generator=torch.Generator().manual_seed(0))
+    voice = noise * (1 + torch.sin(2 * torch.pi * 3 * t))  # syllable-rate loudness
     coloured = voice.clone()
     coloured[:, 1:] -= 0.9 * voice[:, :-1]  # pre-emphasis: up to 25 dB more treble than bass
     lengths = torch.full((2,), t.numel())
