@@ -5,7 +5,8 @@ A clip is W windows of K consecutive frames (``models.batch``). Three streams ma
     face crops  [B,T,3,S,S] --timm encoder per frame--> face tokens                              [B,T,d]
     mouth crops [B,T,3,M,M] --timm encoder per frame--> temporal convolution within the window --> lip tokens
     audio       [B,L]  --each window cut to its frames--> log-Mel (10 ms hop) --conv front end, frequency pooled,
-                          4 hops pooled to one video frame--> temporal convolution --> audio tokens   [B,T,d]
+                          4 hops pooled to one video frame (resampled in time for clips read at another rate,
+                          data.native_rate)--> temporal convolution --> audio tokens   [B,T,d]
 
 and a fusion transformer reads [CLS] + face + lip + audio tokens (each with its frame's position in the window,
 its window and its modality), plus, with ``model.clip_audio_tokens`` N > 0, N tokens of the whole clip's voice
@@ -41,6 +42,8 @@ OR the lip stream can take them. They are evidence for ``score.rule``; the fused
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -57,6 +60,7 @@ from models.layers import (
     bce,
     log_mean_exp,
     masked_mean,
+    resample_steps,
     window_audio,
 )
 from models.registry import register_model, timm_backbone
@@ -134,7 +138,7 @@ class AVTransformer(nn.Module):
         m, data = spec.model, spec.data
         d = m.dim
         self.windows, self.window_frames = data.windows, data.window_frames
-        self.samples_per_frame = data.samples_per_frame()
+        self.fps, self.samples_per_frame = data.fps, data.samples_per_frame()
         self.face = FrameEncoder(m.visual_backbone, m.visual_pretrained, m.drop_path, data.size, d,
                                  m.grad_checkpointing, data.window_frames if m.face_motion else 0)
         self.mouth = FrameEncoder(m.mouth_backbone, m.mouth_pretrained, m.drop_path, data.mouth_size, d,
@@ -200,14 +204,24 @@ class AVTransformer(nn.Module):
         w = t // self.window_frames
         return conv(tokens.reshape(b * w, self.window_frames, d)).reshape(b, t, d)
 
-    def encode_voice(self, audio: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    def encode_voice(self, audio: torch.Tensor, offsets: torch.Tensor,
+                     frame_rate: torch.Tensor | None = None) -> torch.Tensor:
         """Each window's audio, cut exactly to its frames (plus the STFT's half window of real context on either
-        side), as log-Mel at 10 ms hops, pooled to one token per video frame: [B, T, d]."""
+        side), as log-Mel at 10 ms hops, pooled to one token per video frame: [B, T, d]. Clips read at another
+        ``frame_rate`` [B] than data.fps (``data.native_rate``) have their hops resampled linearly in time to
+        data.fps's hops per frame, so each frame's token still hears exactly its own 1 / rate seconds."""
         b, w = offsets.shape
         context = self.logmel.n_fft // 2
+        steps = self.window_frames * self.mel_per_frame
+        stretch = None  # hops of a clip's audio per output step
+        if frame_rate is not None and bool((frame_rate != self.fps).any()):
+            stretch = (self.fps / frame_rate.float().to(audio.device)).repeat_interleave(w)  # [B*W]
         length = self.window_frames * self.samples_per_frame
+        if stretch is not None:
+            length = int(math.ceil(length * float(stretch.max())))
         clips = window_audio(audio.float(), offsets - context, length + 2 * context)  # [B, W, length + n_fft]
-        mel = self.logmel(clips.flatten(0, 1))[..., : self.window_frames * self.mel_per_frame]
+        mel = self.logmel(clips.flatten(0, 1))  # [B*W, 1, n_mels, hops]
+        mel = mel[..., :steps] if stretch is None else resample_steps(mel, stretch, steps)
         tokens = self.voice(mel.to(self.head.weight.dtype), self.mel_per_frame)  # [B*W, K, d]
         return self.voice_motion(tokens).reshape(b, w * self.window_frames, -1)
 
@@ -220,7 +234,7 @@ class AVTransformer(nn.Module):
                              f"{self.window_frames} frames (data.windows, data.window_frames)")
         face = self.face(frames)
         lips = self._per_window(self.mouth(batch["mouths"]), self.lip_motion)
-        voice = self.encode_voice(batch["audio"], batch["window_offsets"])
+        voice = self.encode_voice(batch["audio"], batch["window_offsets"], batch.get("frame_rate"))
         vmask, amask = batch["visual_mask"].bool(), batch["audio_mask"].bool()
 
         w = t // self.window_frames

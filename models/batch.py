@@ -7,7 +7,9 @@ fixed-shape tensors; ``collate(list) -> batch`` stacks them. Training passes an 
 Batch keys (T = W windows x K frames, window by window): ``frames`` uint8 [B,T,3,S,S] face crops; ``mouths``
 uint8 [B,T,3,M,M] mouth crops; ``audio`` float32 [B,L] (the clip's audio, zero-padded to L =
 max_clip_seconds*16k); ``audio_length`` int64 [B]; ``window_offsets`` int64 [B,W] (the audio sample where each
-window's first frame starts: frame k of window w owns audio[offset_w + k*F : offset_w + (k+1)*F], F = 16k / fps);
+window's first frame starts: frame k of window w owns audio[offset_w + k*F : offset_w + (k+1)*F], F = 16k / r);
+``frame_rate`` float32 [B] (r: the rate the clip's windows were read at, meta ``fps``; each video's own with
+``data.native_rate``, else ``data.fps``);
 ``visual_mask`` / ``audio_mask`` bool [B,T] (valid tokens: the modality exists, the frame has a face box / its
 audio lies in the decoded audio, and the time step survived a temporal crop); ``has_face`` / ``has_audio`` bool
 [B]; ``label`` int64 [B] (-1 unknown); ``audio_label`` / ``visual_label`` int64 [B] (per-modality fakeness when
@@ -59,8 +61,8 @@ def prepare(sample: dict, inputs: InputConfig, check_shape: bool = True, augment
     boxes = meta.get("boxes") or [True] * t
     face_in_frame = np.array([b is not None for b in boxes[:t]] + [True] * max(0, t - len(boxes)), dtype=bool)
     offsets = window_offsets(meta, inputs, t)
-    per_frame = inputs.samples_per_frame()
-    frame_end = (offsets[:, None] + (np.arange(t // len(offsets)) + 1) * per_frame).reshape(-1)
+    rate = float(meta.get("fps") or inputs.fps)
+    frame_end = np.round(offsets[:, None] + (np.arange(t // len(offsets)) + 1) * AUDIO_SAMPLE_RATE / rate).reshape(-1)
     padded = np.zeros(length, dtype=np.float32)
     padded[:audio.size] = audio
     label = sample.get("label", -1)
@@ -72,6 +74,7 @@ def prepare(sample: dict, inputs: InputConfig, check_shape: bool = True, augment
         "audio": torch.from_numpy(padded),
         "audio_length": audio.size,
         "window_offsets": torch.from_numpy(offsets),
+        "frame_rate": rate,
         "visual_mask": torch.from_numpy(keep & face_in_frame & has_face),
         "audio_mask": torch.from_numpy(keep & (frame_end <= audio.size)),
         "has_face": has_face,
@@ -141,6 +144,7 @@ def collate(samples: list[dict]) -> dict:
         batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.int64)
     for name in ("has_face", "has_audio", "in_sync"):
         batch[name] = torch.tensor([s[name] for s in samples], dtype=torch.bool)
+    batch["frame_rate"] = torch.tensor([s["frame_rate"] for s in samples], dtype=torch.float32)
     batch["key"] = [s["key"] for s in samples]
     return batch
 

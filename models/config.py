@@ -128,12 +128,14 @@ class ScoreConfig:
 class InputConfig:
     """The clip a model reads: the extraction options of its shards (``shards.extract``), also at inference.
 
-    T = windows x window_frames frames: W windows of K consecutive frames at ``fps``, each frame with a face crop
-    (``size``) and a mouth crop (``mouth_size``), and the clip's audio (up to ``max_clip_seconds``)."""
+    T = windows x window_frames frames: W windows of K consecutive frames at ``fps`` (with ``native_rate``: at each
+    video's own rate, its audio features resampled to ``fps``'s steps per frame in the model), each frame with a face
+    crop (``size``) and a mouth crop (``mouth_size``), and the clip's audio (up to ``max_clip_seconds``)."""
 
     windows: int = 4
     window_frames: int = 16
     fps: float = 25.0
+    native_rate: bool = False
     size: int = 224
     mouth_size: int = 64
     margin: float = 0.3
@@ -146,9 +148,9 @@ class InputConfig:
 
     def extract_options(self) -> ExtractOptions:
         """The ``shards.extract.ExtractOptions`` that make this clip (what inference extracts with)."""
-        return ExtractOptions(windows=self.windows, window_frames=self.window_frames, fps=self.fps, size=self.size,
-                              mouth_size=self.mouth_size, margin=self.margin, mouth_scale=self.mouth_scale,
-                              max_clip_seconds=self.max_clip_seconds)
+        return ExtractOptions(windows=self.windows, window_frames=self.window_frames, fps=self.fps,
+                              native_rate=self.native_rate, size=self.size, mouth_size=self.mouth_size,
+                              margin=self.margin, mouth_scale=self.mouth_scale, max_clip_seconds=self.max_clip_seconds)
 
     def audio_samples(self) -> int:
         """Length of the zero-padded audio of a batch (``max_clip_seconds`` at the shards' 16 kHz)."""

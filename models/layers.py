@@ -57,6 +57,19 @@ def window_audio(audio: torch.Tensor, starts: torch.Tensor, length: int) -> torc
     return gathered * valid
 
 
+def resample_steps(x: torch.Tensor, stretch: torch.Tensor, steps: int) -> torch.Tensor:
+    """[N, ..., H] -> [N, ..., steps]: output step i is x at position i x stretch[n] along the last axis, linearly
+    interpolated (stretch 1: the first ``steps`` unchanged)."""
+    n, hops = x.shape[0], x.shape[-1]
+    position = torch.arange(steps, device=x.device, dtype=torch.float32)[None, :] * stretch.float()[:, None]
+    low = position.floor().long().clamp(max=hops - 1)
+    high = (low + 1).clamp(max=hops - 1)
+    shape = (n,) + (1,) * (x.dim() - 2) + (steps,)
+    frac = (position - low).clamp(0, 1).view(shape).to(x.dtype)
+    low, high = low.view(shape).expand(*x.shape[:-1], steps), high.view(shape).expand(*x.shape[:-1], steps)
+    return torch.gather(x, -1, low) * (1 - frac) + torch.gather(x, -1, high) * frac
+
+
 class AudioFrontEnd(nn.Module):
     """Log-Mel [N, 1, n_mels, F x K] -> one token per video frame [N, K, dim]: 2-D convolutions that halve the
     frequency axis and keep every 10 ms hop, the frequencies pooled, then the F hops of each frame averaged."""

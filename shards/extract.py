@@ -4,12 +4,13 @@
     clip = extract(path, ExtractOptions(windows=4, window_frames=16, size=224), FaceDetector())
 
 Timing (the project contract, format 2): the clip is the whole video capped at ``max_clip_seconds`` (centred). It
-is read in W = ``windows`` windows of K = ``window_frames`` consecutive frames at ``fps`` (the video is resampled
-to that rate: frame k of a window is the one on screen at start + (k + 0.5) / fps), the windows' centres spread
-evenly over the clip (window w centred at clip_start + (w + 0.5) * span / W, kept inside the clip; they overlap
-when the clip is shorter than W windows). The audio covers exactly [clip_start, clip_end] at 16 kHz;
-``window_starts`` (seconds from clip_start) cut each window's audio exactly to its frames: window w's frame k
-owns the audio [start_w + k / fps, start_w + (k + 1) / fps].
+is read in W = ``windows`` windows of K = ``window_frames`` consecutive frames at a rate r: ``fps`` (the video is
+resampled to it: frame k of a window is the one on screen at start + (k + 0.5) / r), or with ``native_rate`` the
+video's own rate (every frame of a window then a distinct source frame, evenly spaced; meta ``fps`` records r). The
+windows' centres spread evenly over the clip (window w centred at clip_start + (w + 0.5) * span / W, kept inside the
+clip; they overlap when the clip is shorter than W windows). The audio covers exactly [clip_start, clip_end] at
+16 kHz; ``window_starts`` (seconds from clip_start) cut each window's audio exactly to its frames: window w's frame
+k owns the audio [start_w + k / r, start_w + (k + 1) / r].
 
 Faces: BlazeFace on the sampled frames (shrunk by a whole factor to ``detect_side`` or less; once per window with
 the faces followed to its ends by phase correlation, or every ``detect_stride``-th frame where that fails, boxes and
@@ -89,6 +90,7 @@ class ExtractOptions:
     windows: int = 4  # W runs of consecutive frames spread over the clip
     window_frames: int = 16  # K consecutive frames per window
     fps: float = 25.0  # the rate the windows' frames are taken at (the video is resampled to it)
+    native_rate: bool = False  # take each video's frames at its own rate instead (fps: only where it states none)
     size: int = 224  # face crop side in pixels
     mouth_size: int = 64  # mouth crop side in pixels
     margin: float = 0.3  # added to each side of the face box, as a fraction of its side
@@ -129,13 +131,18 @@ class ExtractOptions:
         """T = W x K frames per clip."""
         return self.windows * self.window_frames
 
-    @property
-    def window_seconds(self) -> float:
-        return self.window_frames / self.fps
+    def frame_rate(self, source_fps: float | None) -> float:
+        """The rate a video's windows are read at: its own with ``native_rate`` (when it states one in 1..120),
+        else ``fps``."""
+        if self.native_rate and source_fps and 1 <= source_fps <= 120:
+            return float(source_fps)
+        return self.fps
 
     def content(self) -> dict:
-        """The options that change what a clip contains (recorded with packed shards and compared on resume)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "decode_threads"}
+        """The options that change what a clip contains (recorded with packed shards and compared on resume).
+        ``native_rate`` is recorded only when set, so folders packed before it existed still resume."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "decode_threads" and not (f.name == "native_rate" and not self.native_rate)}
 
 
 @dataclass
@@ -156,17 +163,18 @@ def clip_span(start: float, duration: float, max_seconds: float) -> tuple[float,
     return clip_start, clip_start + span
 
 
-def window_starts(clip_start: float, clip_end: float, options: ExtractOptions) -> list[float]:
-    """Start time of each window: centres spread evenly over the clip, each window kept inside it when it fits."""
-    span, length = clip_end - clip_start, options.window_seconds
+def window_starts(clip_start: float, clip_end: float, options: ExtractOptions, rate: float) -> list[float]:
+    """Start time of each window of frames at ``rate``: centres spread evenly over the clip, each window kept
+    inside it when it fits."""
+    span, length = clip_end - clip_start, options.window_frames / rate
     latest = max(clip_start, clip_end - length)
     return [min(max(clip_start + (w + 0.5) * span / options.windows - length / 2, clip_start), latest)
             for w in range(options.windows)]
 
 
-def frame_times(starts: list[float], options: ExtractOptions) -> list[float]:
-    """The wanted time of every frame, window by window: start + (k + 0.5) / fps."""
-    return [start + (k + 0.5) / options.fps for start in starts for k in range(options.window_frames)]
+def frame_times(starts: list[float], options: ExtractOptions, rate: float) -> list[float]:
+    """The wanted time of every frame, window by window: start + (k + 0.5) / rate."""
+    return [start + (k + 0.5) / rate for start in starts for k in range(options.window_frames)]
 
 
 def extract(path: str | Path, options: ExtractOptions, detector) -> Clip:
@@ -226,7 +234,8 @@ def _extract(path: Path, container, options: ExtractOptions, detector) -> Clip:
         "windows": options.windows,
         "window_frames": options.window_frames,
         "frames": options.frames,
-        "fps": options.fps,
+        "fps": decoded.rate,
+        "native_rate": options.native_rate,
         "size": options.size,
         "mouth_size": options.mouth_size,
         "margin": options.margin,
@@ -283,6 +292,7 @@ class DecodedFrames:
     clip_end: float
     duration: float
     stats: dict
+    rate: float  # frames per second the windows were read at (ExtractOptions.frame_rate)
 
 
 def load_frames(container, info: media.MediaInfo, options: ExtractOptions, fallbacks: list[str]) -> DecodedFrames:
@@ -290,8 +300,9 @@ def load_frames(container, info: media.MediaInfo, options: ExtractOptions, fallb
     period = 1.0 / info.fps if info.fps else 0.04
     start, duration, index = _usable_duration(container, info, options, period, fallbacks)
     clip_start, clip_end = clip_span(start, duration, options.max_clip_seconds)
-    starts = window_starts(clip_start, clip_end, options)
-    times = frame_times(starts, options)
+    rate = options.frame_rate(info.fps)
+    starts = window_starts(clip_start, clip_end, options, rate)
+    times = frame_times(starts, options, rate)
     order = sorted(range(len(times)), key=lambda i: times[i])  # overlapping windows (short clips) interleave
     rgb_sorted, actual_sorted, stats = media.decode_frames(container, [times[i] for i in order],
                                                            max_side=options.max_frame_side,
@@ -304,7 +315,7 @@ def load_frames(container, info: media.MediaInfo, options: ExtractOptions, fallb
         fallbacks.append("repeated_frames")
     if stats["errors"] or stats["missing"]:
         fallbacks.append("decode_errors")
-    return DecodedFrames(rgb, times, actual, starts, clip_start, clip_end, duration, stats)
+    return DecodedFrames(rgb, times, actual, starts, clip_start, clip_end, duration, stats, rate)
 
 
 def _usable_duration(container, info: media.MediaInfo, options: ExtractOptions, period: float,

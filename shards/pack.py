@@ -3,7 +3,7 @@
     python -m shards.pack --videos DIR [--labels LABELS.csv] --out OUTDIR [--workers N]
     python -m shards.pack --data DATA --split train --out OUTDIR ...   (a competition data folder's split)
         [--windows 4 --window-frames 16 --fps 25 --size 224 --mouth-size 64 --margin 0.3 --mouth-scale 0.5]
-        [--max-clip-seconds 10 --jpeg-quality 95]
+        [--native-rate] [--max-clip-seconds 10 --jpeg-quality 95]
         [--shard-max-mb 256 | --shard-max-count N] [--num-parts N --part I] [--allow-unlabeled]
         [--allow-missing-videos] [--meta META.csv [--meta-columns category,method]] [--video-timeout 300]
 
@@ -331,6 +331,8 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
     p.add_argument("--windows", type=int, default=defaults.windows, help="W windows of consecutive frames per clip")
     p.add_argument("--window-frames", type=int, default=defaults.window_frames, help="K consecutive frames a window")
     p.add_argument("--fps", type=float, default=defaults.fps, help="frame rate the windows are taken at")
+    p.add_argument("--native-rate", action="store_true",
+                   help="take each video's windows at its own frame rate (--fps only where a video states none)")
     p.add_argument("--size", type=int, default=defaults.size, help="face crop side in pixels")
     p.add_argument("--mouth-size", type=int, default=defaults.mouth_size, help="mouth crop side in pixels")
     p.add_argument("--margin", type=float, default=defaults.margin, help="face box margin per side (fraction)")
@@ -383,9 +385,10 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
     if not a.prefix or "/" in a.prefix or "." in a.prefix:
         p.error("--prefix must be a plain name without '/' or '.'")
     try:
-        extract = ExtractOptions(windows=a.windows, window_frames=a.window_frames, fps=a.fps, size=a.size,
-                                 mouth_size=a.mouth_size, margin=a.margin, mouth_scale=a.mouth_scale,
-                                 max_clip_seconds=a.max_clip_seconds, jpeg_quality=a.jpeg_quality,
+        extract = ExtractOptions(windows=a.windows, window_frames=a.window_frames, fps=a.fps,
+                                 native_rate=a.native_rate, size=a.size, mouth_size=a.mouth_size, margin=a.margin,
+                                 mouth_scale=a.mouth_scale, max_clip_seconds=a.max_clip_seconds,
+                                 jpeg_quality=a.jpeg_quality,
                                  follow=a.follow, detect_stride=a.detect_stride, max_frame_side=a.max_frame_side)
     except ValueError as error:
         p.error(str(error))

@@ -122,7 +122,7 @@ def pack_arguments(config: Config | str | Path) -> list[str]:
     return ["--windows", str(options.windows), "--window-frames", str(options.window_frames), "--fps",
             str(options.fps), "--size", str(options.size), "--mouth-size", str(options.mouth_size), "--margin",
             str(options.margin), "--mouth-scale", str(options.mouth_scale), "--max-clip-seconds",
-            str(options.max_clip_seconds)]
+            str(options.max_clip_seconds)] + (["--native-rate"] if options.native_rate else [])
 
 
 def shard_urls(directory: str | Path | None, what: str) -> list[str]:
@@ -138,7 +138,7 @@ def shard_urls(directory: str | Path | None, what: str) -> list[str]:
     return urls
 
 
-CLIP_OPTIONS = ("windows", "window_frames", "fps", "size", "mouth_size", "margin", "mouth_scale")
+CLIP_OPTIONS = ("windows", "window_frames", "fps", "size", "mouth_size", "margin", "mouth_scale", "native_rate")
 
 
 def check_shards_match(urls: list[str], cfg: Config, what: str) -> dict:
@@ -154,8 +154,10 @@ def check_shards_match(urls: list[str], cfg: Config, what: str) -> dict:
         raise FileNotFoundError(f"{what} shards {urls[0]}...: no samples")
     meta = sample["meta"]
     packed = {k: meta.get(k) for k in CLIP_OPTIONS}
+    packed["native_rate"] = bool(packed["native_rate"])  # shards packed before the option: fixed rate
     wanted = {k: getattr(cfg.data, k) for k in CLIP_OPTIONS}
-    differ = [k for k in CLIP_OPTIONS if packed[k] is None or abs(float(packed[k]) - float(wanted[k])) > 1e-6]
+    compared = [k for k in CLIP_OPTIONS if not (k == "fps" and cfg.data.native_rate)]  # fps: each video's own
+    differ = [k for k in compared if packed[k] is None or abs(float(packed[k]) - float(wanted[k])) > 1e-6]
     if differ:
         raise ConfigError(f"{what} shards were packed with {', '.join(f'{k}={packed[k]}' for k in differ)} but the "
                           f"config says {', '.join(f'data.{k}={wanted[k]}' for k in differ)}: repack with "

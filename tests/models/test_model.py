@@ -386,3 +386,35 @@ def test_tiny_overfits_a_handful_of_clips():
         optimizer.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_audio_tokens_of_a_native_rate_clip_hear_their_own_frame(tiny):
+    """A clip read at 30 fps (data.native_rate): frame k owns 1/30 s of audio, and its token hears a click there,
+    while a clip at data.fps takes the fixed-rate path unchanged."""
+    model, cfg = tiny
+    batch = example_batch(cfg.data, 1)
+    batch["audio"].zero_()
+    offset = int(batch["window_offsets"][0, 1])
+    nominal = torch.tensor([cfg.data.fps])
+    with torch.no_grad():
+        assert torch.equal(model.encode_voice(batch["audio"], batch["window_offsets"], nominal),
+                           model.encode_voice(batch["audio"], batch["window_offsets"]))
+        rate = torch.tensor([30.0])
+        quiet = model.encode_voice(batch["audio"], batch["window_offsets"], rate)
+        per_frame = 16000 / 30
+        batch["audio"][0, offset + int(5.5 * per_frame)] = 1.0  # window 1, frame 5 (at 25 fps: frame 4)
+        click = model.encode_voice(batch["audio"], batch["window_offsets"], rate)
+    changed = (click - quiet).abs().sum(-1)[0] > 1e-6
+    k = cfg.data.window_frames
+    assert changed[k + 5] and not changed[:k].any()
+    reach = cfg.model.temporal_kernel // 2 * cfg.model.temporal_layers + 1
+    assert not changed[k + 5 + reach + 1:].any() and not changed[k:k + 5 - reach - 1].any()
+
+
+def test_resample_steps_stretches_time_linearly():
+    from models.layers import resample_steps
+
+    x = torch.arange(10.0).view(1, 1, 1, 10).repeat(2, 1, 3, 1)
+    out = resample_steps(x, torch.tensor([1.0, 0.5]), 6)
+    assert torch.equal(out[0], x[0, ..., :6])
+    assert torch.allclose(out[1, 0, 0], torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 2.5]))

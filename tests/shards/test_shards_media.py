@@ -31,7 +31,7 @@ def brute_force(path, times, max_side=1920):
 def test_decode_plan_matches_sequential_decode(tmp_path, keyint, windows, window_frames, preset):
     path = write_video(tmp_path / "v.mp4", seconds=6, fps=25, keyint=keyint, audio=False, preset=preset)
     options = ExtractOptions(windows=windows, window_frames=window_frames)
-    times = frame_times(window_starts(0.0, 6.0, options), options)
+    times = frame_times(window_starts(0.0, 6.0, options, options.fps), options, options.fps)
     frames = len(times)
     with media.open_media(path) as container:
         got, actual, stats = media.decode_frames(container, times)
@@ -130,3 +130,32 @@ def test_open_errors_have_reasons(tmp_path):
         with pytest.raises(media.MediaError) as error:
             media.open_media(tmp_path / name)
         assert error.value.reason == reason
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_native_rate_reads_every_source_frame_of_a_window(tmp_path, native):
+    """A 30-fps video read at 25 fps skips every sixth source frame (a 67-ms step among 33-ms ones); with
+    native_rate each window is consecutive source frames, evenly spaced, and the clip records its rate."""
+    from shards.extract import load_frames
+
+    path = write_video(tmp_path / "v.mp4", seconds=3, fps=30, keyint=10, audio=False)
+    options = ExtractOptions(windows=2, window_frames=8, native_rate=native)
+    with media.open_media(path) as container:
+        decoded = load_frames(container, media.probe(container), options, [])
+    assert decoded.rate == (30.0 if native else 25.0)
+    steps = np.diff(np.reshape(decoded.frame_times, (2, 8)), axis=1)
+    if native:
+        assert np.allclose(steps, 1 / 30, atol=1e-4)
+    else:
+        assert np.isclose(steps.max(), 2 / 30, atol=1e-4) and np.isclose(steps.min(), 1 / 30, atol=1e-4)
+    windows = np.reshape(decoded.times, (2, 8))
+    assert np.allclose(windows[:, 0] - np.asarray(decoded.window_starts), 0.5 / decoded.rate)
+
+
+def test_native_rate_is_recorded_only_when_set():
+    """Folders packed before the option existed record the same content as fixed-rate packing now."""
+    assert "native_rate" not in ExtractOptions().content()
+    assert ExtractOptions(native_rate=True).content()["native_rate"] is True
+    assert ExtractOptions(native_rate=True).frame_rate(29.97) == 29.97
+    assert ExtractOptions(native_rate=True).frame_rate(None) == 25.0  # a video that states no rate
+    assert ExtractOptions(native_rate=True).frame_rate(1000.0) == 25.0  # not a plausible frame rate

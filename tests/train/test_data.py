@@ -44,6 +44,19 @@ def test_eval_transform_shapes_and_masks(cfg):
     assert (batch["audio"][0, 16_000:] == 0).all()
 
 
+def test_a_clip_read_at_its_own_rate_owns_that_rates_audio_per_frame(cfg):
+    """A native-rate clip (meta fps 30): frame k owns 16000 / 30 samples, so frames past the audio's end by that
+    measure are masked and the model is told the rate."""
+    s = sample(0)
+    starts = [0.0, 1.0 - WINDOW_FRAMES / 30]  # the second window ends with the audio (1 s) at 30 fps
+    s["meta"] = dict(s["meta"], fps=30.0, window_starts=starts)
+    at_30, at_25 = prepare(s, cfg.data), prepare(dict(s, meta=dict(s["meta"], fps=25.0)), cfg.data)
+    assert at_30["frame_rate"] == 30.0 and at_25["frame_rate"] == 25.0
+    assert at_30["audio_mask"].all()  # at 25 fps the last frame would end 13 ms after the audio
+    assert not at_25["audio_mask"][-1] and at_25["audio_mask"][:WINDOW_FRAMES].all()
+    assert collate([at_30, at_25])["frame_rate"].tolist() == [30.0, 25.0]
+
+
 def test_eval_transform_is_deterministic_and_lossless(cfg):
     s = sample(3)
     a, b = prepare(s, cfg.data), prepare(s, cfg.data)
@@ -300,3 +313,20 @@ def test_bench_loader_prints_the_real_loaders_throughput(tiny_shards, capsys):
     assert report["timed_clips"] == 6 and report["batch_size"] == 3 and report["frames_per_clip"] == FRAMES
     assert report["clips_per_s"] > 0 and report["frames_per_s"] == pytest.approx(report["clips_per_s"] * FRAMES, rel=0.01)
     assert report["clips_per_s_per_worker"] == report["clips_per_s"]  # 0 workers: the main process, counted as one
+
+
+def test_native_rate_shards_match_a_native_rate_config_whatever_their_rate(tmp_path):
+    """Packed with --native-rate, each clip records its video's own rate: the config's data.fps is not compared."""
+    import webdataset as wds
+
+    from tests.train.conftest import make_sample
+    from train.data import check_shards_match, pack_arguments
+
+    sample = make_sample(0, 1, np.random.default_rng(0))
+    sample["json"] = json.dumps(dict(json.loads(sample["json"]), fps=30.0, native_rate=True)).encode()
+    with wds.TarWriter(str(tmp_path / "shard-000000.tar")) as sink:
+        sink.write(sample)
+    native = load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, "data.native_rate=true"])
+    assert check_shards_match([str(tmp_path / "shard-000000.tar")], native, "train")["fps"] == 30.0
+    assert pack_arguments(native)[-1] == "--native-rate"
+    assert "--native-rate" not in pack_arguments(load_config(ROOT / "configs" / "tiny.yaml"))

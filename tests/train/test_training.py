@@ -205,6 +205,7 @@ def test_broken_checkpoints_fail_clearly(full_run, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["data.window_frames=8"], "shards were packed with window_frames=2 but the config says data.window_frames=8"),
     (["train.lrr=1"], "command line: unknown key 'train.lrr'"),
+    (["data.native_rate=true"], "shards were packed with native_rate=False but the config says data.native_rate=True"),
 ])
 def test_startup_errors_are_clear(tiny_shards, tmp_path, extra, message, capsys):
     from train.loop import main
