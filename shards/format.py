@@ -31,8 +31,8 @@ FRAME_EXT = "f{:03d}.jpg"
 MOUTH_EXT = "m{:03d}.jpg"
 # json fields written by extraction and encoding; extra per-video columns (shards.pack --meta) may not reuse them
 RESERVED_JSON_KEYS = frozenset({
-    "format", "video_name", "label", "windows", "window_frames", "frames", "fps", "size", "mouth_size", "margin",
-    "native_rate", "mouth_scale", "jpeg_quality", "clip_start", "clip_end", "window_starts", "times", "frame_times", "boxes",
+    "format", "video_name", "label", "windows", "window_frames", "frames", "fps", "native_rate", "size", "mouth_size",
+    "margin", "mouth_scale", "jpeg_quality", "clip_start", "clip_end", "window_starts", "times", "frame_times", "boxes",
     "crop_boxes", "mouth_boxes", "scores", "fallbacks", "has_face", "has_audio", "audio_sample_rate", "audio_shift",
     "source",
 })

@@ -388,8 +388,8 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
         extract = ExtractOptions(windows=a.windows, window_frames=a.window_frames, fps=a.fps,
                                  native_rate=a.native_rate, size=a.size, mouth_size=a.mouth_size, margin=a.margin,
                                  mouth_scale=a.mouth_scale, max_clip_seconds=a.max_clip_seconds,
-                                 jpeg_quality=a.jpeg_quality,
-                                 follow=a.follow, detect_stride=a.detect_stride, max_frame_side=a.max_frame_side)
+                                 jpeg_quality=a.jpeg_quality, follow=a.follow, detect_stride=a.detect_stride,
+                                 max_frame_side=a.max_frame_side)
     except ValueError as error:
         p.error(str(error))
     return PackConfig(videos=a.videos, out=a.out, labels=a.labels, extract=extract, shard_max_count=a.shard_max_count,
