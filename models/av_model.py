@@ -42,8 +42,6 @@ OR the lip stream can take them. They are evidence for ``score.rule``; the fused
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -138,7 +136,7 @@ class AVTransformer(nn.Module):
         m, data = spec.model, spec.data
         d = m.dim
         self.windows, self.window_frames = data.windows, data.window_frames
-        self.fps, self.samples_per_frame = data.fps, data.samples_per_frame()
+        self.fps, self.native_rate, self.samples_per_frame = data.fps, data.native_rate, data.samples_per_frame()
         self.face = FrameEncoder(m.visual_backbone, m.visual_pretrained, m.drop_path, data.size, d,
                                  m.grad_checkpointing, data.window_frames if m.face_motion else 0)
         self.mouth = FrameEncoder(m.mouth_backbone, m.mouth_pretrained, m.drop_path, data.mouth_size, d,
@@ -207,18 +205,18 @@ class AVTransformer(nn.Module):
     def encode_voice(self, audio: torch.Tensor, offsets: torch.Tensor,
                      frame_rate: torch.Tensor | None = None) -> torch.Tensor:
         """Each window's audio, cut exactly to its frames (plus the STFT's half window of real context on either
-        side), as log-Mel at 10 ms hops, pooled to one token per video frame: [B, T, d]. Clips read at another
-        ``frame_rate`` [B] than data.fps (``data.native_rate``) have their hops resampled linearly in time to
-        data.fps's hops per frame, so each frame's token still hears exactly its own 1 / rate seconds."""
+        side), as log-Mel at 10 ms hops, pooled to one token per video frame: [B, T, d]. With ``data.native_rate``
+        each clip's hops are resampled linearly in time from its ``frame_rate`` [B] to data.fps's hops per frame, so
+        each frame's token still hears exactly its own 1 / rate seconds (rates of at least data.fps / 2: extraction
+        reads slower videos at data.fps). Nothing is read back from the device."""
         b, w = offsets.shape
         context = self.logmel.n_fft // 2
         steps = self.window_frames * self.mel_per_frame
-        stretch = None  # hops of a clip's audio per output step
-        if frame_rate is not None and bool((frame_rate != self.fps).any()):
-            stretch = (self.fps / frame_rate.float().to(audio.device)).repeat_interleave(w)  # [B*W]
         length = self.window_frames * self.samples_per_frame
-        if stretch is not None:
-            length = int(math.ceil(length * float(stretch.max())))
+        stretch = None  # hops of a clip's audio per output step
+        if self.native_rate and frame_rate is not None:
+            stretch = (self.fps / frame_rate.float().to(audio.device)).repeat_interleave(w)  # [B*W], <= 2
+            length *= 2
         clips = window_audio(audio.float(), offsets - context, length + 2 * context)  # [B, W, length + n_fft]
         mel = self.logmel(clips.flatten(0, 1))  # [B*W, 1, n_mels, hops]
         mel = mel[..., :steps] if stretch is None else resample_steps(mel, stretch, steps)

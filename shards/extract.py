@@ -90,7 +90,7 @@ class ExtractOptions:
     windows: int = 4  # W runs of consecutive frames spread over the clip
     window_frames: int = 16  # K consecutive frames per window
     fps: float = 25.0  # the rate the windows' frames are taken at (the video is resampled to it)
-    native_rate: bool = False  # take each video's frames at its own rate instead (fps: only where it states none)
+    native_rate: bool = False  # take each video's frames at its own rate (from fps / 2 to 120) instead of fps
     size: int = 224  # face crop side in pixels
     mouth_size: int = 64  # mouth crop side in pixels
     margin: float = 0.3  # added to each side of the face box, as a fraction of its side
@@ -132,9 +132,9 @@ class ExtractOptions:
         return self.windows * self.window_frames
 
     def frame_rate(self, source_fps: float | None) -> float:
-        """The rate a video's windows are read at: its own with ``native_rate`` (when it states one in 1..120),
-        else ``fps``."""
-        if self.native_rate and source_fps and 1 <= source_fps <= 120:
+        """The rate a video's windows are read at: its own with ``native_rate`` when it states one from ``fps`` / 2
+        to 120 (slower videos would repeat frames either way), else ``fps``."""
+        if self.native_rate and source_fps and self.fps / 2 <= source_fps <= 120:
             return float(source_fps)
         return self.fps
 

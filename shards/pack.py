@@ -332,7 +332,8 @@ def parse_args(argv: list[str] | None = None) -> PackConfig:
     p.add_argument("--window-frames", type=int, default=defaults.window_frames, help="K consecutive frames a window")
     p.add_argument("--fps", type=float, default=defaults.fps, help="frame rate the windows are taken at")
     p.add_argument("--native-rate", action="store_true",
-                   help="take each video's windows at its own frame rate (--fps only where a video states none)")
+                   help="take each video's windows at its own frame rate (--fps where it states none or one below "
+                        "--fps / 2)")
     p.add_argument("--size", type=int, default=defaults.size, help="face crop side in pixels")
     p.add_argument("--mouth-size", type=int, default=defaults.mouth_size, help="mouth crop side in pixels")
     p.add_argument("--margin", type=float, default=defaults.margin, help="face box margin per side (fraction)")

@@ -159,3 +159,4 @@ def test_native_rate_is_recorded_only_when_set():
     assert ExtractOptions(native_rate=True).frame_rate(29.97) == 29.97
     assert ExtractOptions(native_rate=True).frame_rate(None) == 25.0  # a video that states no rate
     assert ExtractOptions(native_rate=True).frame_rate(1000.0) == 25.0  # not a plausible frame rate
+    assert ExtractOptions(native_rate=True).frame_rate(10.0) == 25.0  # below fps / 2: frames repeat either way
