@@ -283,23 +283,30 @@ def test_window_audio_is_cut_at_each_windows_offset():
     assert window_audio(audio, torch.tensor([[-10, 1990]]), 20)[0, 1, 10:].abs().sum() == 0
 
 
-def test_each_frames_audio_token_hears_its_own_40_ms(tiny):
-    """A click in frame k's audio changes audio token k (and its temporal-convolution neighbours), not the far
-    frames: the audio stream is aligned with the frames to the hop."""
-    model, cfg = tiny
+def assert_a_click_in_frame_5_reaches_only_its_neighbours(model, cfg, rate: float | None = None) -> None:
+    """A click in the middle of window 1's frame 5 (frames of 16000 / rate samples, data.fps when None) changes audio
+    token 5 of that window (and its temporal-convolution neighbours), not the far frames nor window 0."""
     batch = example_batch(cfg.data, 1)
     batch["audio"].zero_()
-    per_frame = cfg.data.samples_per_frame()
     offset = int(batch["window_offsets"][0, 1])
+    rates = None if rate is None else torch.tensor([rate])
+    per_frame = 16000 / (rate or cfg.data.fps)
     with torch.no_grad():
-        quiet = model.encode_voice(batch["audio"], batch["window_offsets"])
-        batch["audio"][0, offset + 5 * per_frame + per_frame // 2] = 1.0  # window 1, frame 5
-        click = model.encode_voice(batch["audio"], batch["window_offsets"])
+        quiet = model.encode_voice(batch["audio"], batch["window_offsets"], rates)
+        batch["audio"][0, offset + int(5.5 * per_frame)] = 1.0
+        click = model.encode_voice(batch["audio"], batch["window_offsets"], rates)
     changed = (click - quiet).abs().sum(-1)[0] > 1e-6
     k = cfg.data.window_frames
     assert changed[k + 5] and not changed[:k].any()  # window 0 hears nothing of window 1
     reach = cfg.model.temporal_kernel // 2 * cfg.model.temporal_layers + 1  # conv front end: one hop either way
     assert not changed[k + 5 + reach + 1:].any() and not changed[k:k + 5 - reach - 1].any()
+
+
+def test_each_frames_audio_token_hears_its_own_40_ms(tiny):
+    """A click in frame k's audio changes audio token k, not the far frames: the audio stream is aligned with the
+    frames to the hop."""
+    model, cfg = tiny
+    assert_a_click_in_frame_5_reaches_only_its_neighbours(model, cfg)
 
 
 def test_shift_logits_peak_where_lips_and_audio_align(tiny):
@@ -390,29 +397,18 @@ def test_tiny_overfits_a_handful_of_clips():
 
 def test_audio_tokens_of_a_native_rate_clip_hear_their_own_frame(tiny):
     """A clip read at 30 fps (data.native_rate): frame k owns 1/30 s of audio, and its token hears a click there,
-    while a clip at data.fps takes the fixed-rate path unchanged."""
+    while a clip at data.fps gets the fixed-rate path's tokens exactly."""
     _, cfg = tiny
     torch.manual_seed(0)
     model = create_model(load_config(TINY, ["data.native_rate=true"])).eval()
     batch = example_batch(cfg.data, 1)
-    batch["audio"].zero_()
-    offset = int(batch["window_offsets"][0, 1])
     nominal = torch.tensor([cfg.data.fps])
     with torch.no_grad():
         at_fps = model.encode_voice(batch["audio"], batch["window_offsets"], nominal)
         model.native_rate = False
         assert torch.equal(at_fps, model.encode_voice(batch["audio"], batch["window_offsets"], nominal))
         model.native_rate = True
-        rate = torch.tensor([30.0])
-        quiet = model.encode_voice(batch["audio"], batch["window_offsets"], rate)
-        per_frame = 16000 / 30
-        batch["audio"][0, offset + int(5.5 * per_frame)] = 1.0  # window 1, frame 5 (at 25 fps: frame 4)
-        click = model.encode_voice(batch["audio"], batch["window_offsets"], rate)
-    changed = (click - quiet).abs().sum(-1)[0] > 1e-6
-    k = cfg.data.window_frames
-    assert changed[k + 5] and not changed[:k].any()
-    reach = cfg.model.temporal_kernel // 2 * cfg.model.temporal_layers + 1
-    assert not changed[k + 5 + reach + 1:].any() and not changed[k:k + 5 - reach - 1].any()
+    assert_a_click_in_frame_5_reaches_only_its_neighbours(model, cfg, 30.0)  # at 25 fps that sample is frame 4
 
 
 def test_resample_steps_stretches_time_linearly():
