@@ -49,9 +49,10 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then  # print the launch command and stop (tests fa
   exit 0
 fi
 
-# shards are packed with the extraction options of the config (inference reads them from the checkpoint)
-read -r -a PACK_ARGS < <("$PYTHON" -m train --config "$CONFIG" --pack-args)
+# shards are packed with the extraction options of the config (inference reads them from the checkpoint); the
+# validation clips hold score.time_views times the windows, the clips inference scores
 for split in train val; do
+  read -r -a PACK_ARGS < <("$PYTHON" -m train --config "$CONFIG" --pack-args "$split")
   "$PYTHON" -m shards.pack --data "$DATA_DIR" --split "$split" --out "$WORK_DIR/shards/$split" \
     "${PACK_ARGS[@]}" --workers "$PACK_WORKERS"
 done

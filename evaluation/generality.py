@@ -158,12 +158,12 @@ def run_generality(data_dir: Path, out_dir: Path, options: GeneralityOptions,
     counts = {}
     for split in ("train", "val"):
         _, _, counts[split] = make_subset(data_dir, meta, split, set(held_out), subset)
-    pack = pack_arguments(load_config(options.config, options.overrides))  # a data override changes the clips too
+    cfg = load_config(options.config, options.overrides)  # a data override changes the clips too
     for split in ("train", "val"):
         target = out_dir / "shards" / split
         _step(out_dir / f"pack_{split}", [py, "-m", "shards.pack", "--videos", subset / split, "--labels",
                                          subset / LABEL_FILES[split], "--out", target, "--workers", options.workers,
-                                         *pack, *options.pack_args], clear=target)
+                                         *pack_arguments(cfg, split), *options.pack_args], clear=target)
     run_dir = out_dir / "run"
     _step(out_dir / "train", [py, "-m", "train", "--config", options.config, "--train-shards",
                               out_dir / "shards" / "train", "--val-shards", out_dir / "shards" / "val", "--out", run_dir,

@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
          "--seed", str(args.seed), "--workers", str(args.workers)], done_marker=data / "meta.csv")
 
     shards = out / "shards"
-    pack_options = pack_arguments(ROOT / MODELS["tiny"])
     for split in (TRAIN, VAL):
         run([py, "-m", "shards.pack", "--videos", str(split_dir(data, split)), "--labels", str(label_file(data, split)),
-             "--out", str(shards / split), "--workers", str(args.workers), *pack_options])
+             "--out", str(shards / split), "--workers", str(args.workers),
+             *pack_arguments(ROOT / MODELS["tiny"], split)])
 
     results: dict[str, dict] = {}
     for name, config in MODELS.items():

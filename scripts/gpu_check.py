@@ -83,7 +83,7 @@ def prepare(args: argparse.Namespace) -> dict:
     for split in (TRAIN, VAL):
         subprocess.run([sys.executable, "-m", "shards.pack", "--videos", str(split_dir(data, split)), "--labels",
                         str(label_file(data, split)), "--out", str(args.shards / split), "--workers", workers,
-                        *pack_arguments(load_config(args.config, args.overrides))], cwd=ROOT, check=True)
+                        *pack_arguments(load_config(args.config, args.overrides), split)], cwd=ROOT, check=True)
     shutil.rmtree(data)
     size = sum(p.stat().st_size for p in args.shards.rglob("*") if p.is_file())
     summary = {"shards": str(args.shards), "mib": round(size / 2**20, 1)}

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from competition import CATEGORIES
-from models.batch import Augment, collate, prepare
+from models.batch import Augment, collate, prepare, time_views
 from shards import reader
 from train.augment import (
     augment_audio,
@@ -114,12 +114,17 @@ def _pseudo_fake(sample: dict, kind: str, category: str, **changed) -> dict:
 
 
 # --- shards ---------------------------------------------------------------------------------------------------
-def pack_arguments(config: Config | str | Path) -> list[str]:
-    """The ``python -m shards.pack`` options that pack the clips a config (or a config file) trains on: the
-    options inference extracts with (``InputConfig.extract_options``)."""
+def pack_arguments(config: Config | str | Path, split: str = "train") -> list[str]:
+    """The ``python -m shards.pack`` options that pack the clips a config (or a config file) reads: the options
+    inference extracts with (``InputConfig.extract_options``). For the ``val`` split each clip holds
+    ``score.time_views`` times the windows, the clips inference scores, so that validation fits the score rule
+    on the outputs inference averages (``validation_views``)."""
     cfg = config if isinstance(config, Config) else load_config(config)
+    if split not in PACK_SPLITS:
+        raise ValueError(f"pack arguments for split {split!r}: one of {list(PACK_SPLITS)}")
     options = cfg.data.extract_options()
-    return ["--windows", str(options.windows), "--window-frames", str(options.window_frames), "--fps",
+    windows = options.windows * (cfg.score.time_views if split == "val" else 1)
+    return ["--windows", str(windows), "--window-frames", str(options.window_frames), "--fps",
             str(options.fps), "--size", str(options.size), "--mouth-size", str(options.mouth_size), "--margin",
             str(options.margin), "--mouth-scale", str(options.mouth_scale), "--max-clip-seconds",
             str(options.max_clip_seconds)] + (["--native-rate"] if options.native_rate else [])
@@ -138,12 +143,13 @@ def shard_urls(directory: str | Path | None, what: str) -> list[str]:
     return urls
 
 
+PACK_SPLITS = ("train", "val")
 CLIP_OPTIONS = ("windows", "window_frames", "fps", "size", "mouth_size", "margin", "mouth_scale", "native_rate")
 
 
-def check_shards_match(urls: list[str], cfg: Config, what: str) -> dict:
+def check_shards_match(urls: list[str], cfg: Config, what: str, views: int = 1) -> dict:
     """Read the first sample: the shards' clip options (format, windows, frames, fps, crop sizes, margins) must
-    be the config's, or a ConfigError says how to repack. Returns its meta."""
+    be the config's (``views`` x ``data.windows`` windows), or a ConfigError says how to repack. Returns its meta."""
     dataset = reader.make_dataset(urls, mode="eval", seed=0, epoch=0, shuffle_buffer=0, balance=False, rank=0,
                                   world_size=1)
     try:
@@ -155,15 +161,42 @@ def check_shards_match(urls: list[str], cfg: Config, what: str) -> dict:
     meta = sample["meta"]
     packed = {k: meta.get(k) for k in CLIP_OPTIONS}
     packed["native_rate"] = bool(packed["native_rate"])  # shards packed before the option: fixed rate
-    wanted = {k: getattr(cfg.data, k) for k in CLIP_OPTIONS}
+    wanted = {k: getattr(cfg.data, k) for k in CLIP_OPTIONS} | {"windows": cfg.data.windows * views}
     compared = [k for k in CLIP_OPTIONS if not (k == "fps" and cfg.data.native_rate)]  # fps: each video's own
     differ = [k for k in compared if packed[k] is None or abs(float(packed[k]) - float(wanted[k])) > 1e-6]
     if differ:
+        said = {k: f"data.{k}={wanted[k]}" for k in differ}
+        if "windows" in said and views > 1:
+            said["windows"] = f"data.windows x score.time_views = {wanted['windows']} windows"
         raise ConfigError(f"{what} shards were packed with {', '.join(f'{k}={packed[k]}' for k in differ)} but the "
-                          f"config says {', '.join(f'data.{k}={wanted[k]}' for k in differ)}: repack with "
-                          f"`python -m shards.pack ... $(python -m train --config CONFIG --pack-args)` or override "
-                          "the data section to match the shards (inference extracts with the config's options)")
+                          f"config says {', '.join(said.values())}: repack with "
+                          f"`python -m shards.pack ... $(python -m train --config CONFIG --pack-args {what})` or "
+                          "override the data section to match the shards (inference extracts with the config's "
+                          "options)")
     return meta
+
+
+def validation_views(urls: list[str], cfg: Config) -> int:
+    """How many time views validation reads per clip: ``score.time_views`` when the validation shards were packed
+    with ``--pack-args val`` (the clips inference scores), so that the score rule is fitted on the view-averaged
+    outputs inference combines; 1 for shards of the training clips' windows (a warning says how to repack). A
+    ConfigError for anything else."""
+    views = cfg.score.time_views
+    try:
+        check_shards_match(urls, cfg, "val", views)
+        return views
+    except ConfigError:
+        if views == 1:
+            raise
+        try:
+            check_shards_match(urls, cfg, "val")
+        except ConfigError:
+            check_shards_match(urls, cfg, "val", views)  # the error that names what inference reads
+        log.warning("the validation shards hold clips of data.windows=%d windows while inference averages "
+                    "score.time_views=%d views of them: validation reads single clips, so the score rule is "
+                    "fitted on single clips' outputs; repack them with `--pack-args val` to validate what "
+                    "inference scores", cfg.data.windows, views)
+        return 1
 
 
 def count_samples(directory: str | Path) -> dict[int, int]:
@@ -218,21 +251,24 @@ class TrainStream(IterableDataset):
 
 
 class EvalStream(IterableDataset):
-    """Every sample of this rank's share of the shards exactly once, eval transform, in batches."""
+    """Every sample of this rank's share of the shards exactly once, eval transform, in batches; a sample of
+    ``views`` x ``data.windows`` windows becomes its ``views`` time views (``models.batch.time_views``), each a
+    batch row with the sample's key."""
 
-    def __init__(self, urls: list[str], cfg: Config, rank: int, world_size: int):
+    def __init__(self, urls: list[str], cfg: Config, rank: int, world_size: int, views: int = 1):
         super().__init__()
-        self.urls, self.cfg, self.rank, self.world_size = urls, cfg, rank, world_size
+        self.urls, self.cfg, self.rank, self.world_size, self.views = urls, cfg, rank, world_size, views
 
     def __iter__(self) -> Iterator[dict]:
         dataset = reader.make_dataset(self.urls, mode="eval", seed=self.cfg.train.seed, epoch=0, shuffle_buffer=0,
                                balance=False, rank=self.rank, world_size=self.world_size)
         batch: list[dict] = []
         for sample in dataset:
-            batch.append(prepare(sample, self.cfg.data))
-            if len(batch) == self.cfg.train.eval_batch_size:
-                yield collate(batch)
-                batch = []
+            for view in time_views(sample, self.views):
+                batch.append(prepare(view, self.cfg.data))
+                if len(batch) == self.cfg.train.eval_batch_size:
+                    yield collate(batch)
+                    batch = []
         if batch:
             yield collate(batch)
 
@@ -251,5 +287,5 @@ def train_loader(urls: list[str], cfg: Config, epoch: int, rank: int, world_size
                    seed=cfg.train.seed + epoch)
 
 
-def eval_loader(urls: list[str], cfg: Config, rank: int, world_size: int) -> DataLoader:
-    return make_loader(EvalStream(urls, cfg, rank, world_size), cfg.data.workers, seed=cfg.train.seed)
+def eval_loader(urls: list[str], cfg: Config, rank: int, world_size: int, views: int = 1) -> DataLoader:
+    return make_loader(EvalStream(urls, cfg, rank, world_size, views), cfg.data.workers, seed=cfg.train.seed)

@@ -35,12 +35,14 @@ from train import checkpoint
 from train.checkpoint import TrainerState
 from train.config import Config, ConfigError, TrainConfig, check_pretrained, dump_config, flatten, load_config
 from train.data import (
+    PACK_SPLITS,
     check_shards_match,
     count_samples,
     pack_arguments,
     shard_urls,
     steps_per_epoch,
     train_loader,
+    validation_views,
 )
 from train.face_pretrain import freeze_if_fixed, pretrain_face
 from train.parts import (
@@ -66,10 +68,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--val-shards", type=Path, help="folder of validation .tar shards (else data.val_shards)")
     parser.add_argument("--out", type=Path, help="run folder (required to train)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/state/latest if it exists")
-    parser.add_argument("--pack-args", action="store_true",
-                        help="print the `python -m shards.pack` options that make this config's clips, and exit")
+    parser.add_argument("--pack-args", nargs="?", const="train", choices=PACK_SPLITS, metavar="SPLIT",
+                        help="print the `python -m shards.pack` options that make this config's clips for SPLIT "
+                             "(train, the default, or val: score.time_views times the windows), and exit")
     args, overrides = parser.parse_known_args(argv)
-    if args.out is None and not args.pack_args:
+    if args.out is None and args.pack_args is None:
         parser.error("--out is required")
     return args, overrides
 
@@ -90,6 +93,7 @@ class Job:
     tracker: Any
     train_urls: list[str]
     val_urls: list[str]
+    val_views: int  # time views per validation clip (train.data.validation_views)
     summary: dict  # sizes, code version, class counts, launch: grows into metrics.json
 
     @property
@@ -130,7 +134,7 @@ def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
 
     train_urls, val_urls = shard_urls(cfg.data.train_shards, "train"), shard_urls(cfg.data.val_shards, "val")
     check_shards_match(train_urls, cfg, "train")
-    check_shards_match(val_urls, cfg, "val")
+    val_views = validation_views(val_urls, cfg)
     counts = count_samples(cfg.data.train_shards)
     if cfg.score.rule != "fused" and count_samples(cfg.data.val_shards).get(0, 0) < 2:
         raise ConfigError(f"{args.config}: score.rule={cfg.score.rule} standardises the outputs on the genuine "
@@ -201,14 +205,15 @@ def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
             tracker.log_metrics({"face_pretrain/loss": row["loss"], "face_pretrain/accuracy": row["accuracy"]},
                                 step=row["step"])
 
-    summary = {"params": sizes, "code_version": version, "class_counts": counts, "world_size": world,
+    summary = {"params": sizes, "code_version": version, "class_counts": counts, "val_views": val_views,
+               "world_size": world,
                "distributed_type": str(accelerator.distributed_type.value), "device": str(accelerator.device),
                "mixed_precision": accelerator.mixed_precision, "param_dtype": str(next(unwrapped.parameters()).dtype),
                "model_wrapper": type(model).__name__}
     if trainer.face_pretrain is not None:
         summary["face_pretrain"] = trainer.face_pretrain
     job = Job(cfg, out, accelerator, model, unwrapped, optimizer, scheduler, ema, tracker, train_urls, val_urls,
-              summary)
+              val_views, summary)
     return job, trainer
 
 
@@ -314,7 +319,7 @@ def validate_epoch(job: Job, trainer: TrainerState, epoch: int) -> None:
     ema, tracker, summary, main_process = job.ema, job.tracker, job.summary, accelerator.is_main_process
     eval_model = ema.model if ema is not None else unwrapped
     sync_buffers(accelerator, eval_model)
-    validation = evaluate(eval_model, cfg, job.val_urls, accelerator)
+    validation = evaluate(eval_model, cfg, job.val_urls, accelerator, job.val_views)
     metrics = validation.metrics
     record = {"epoch": epoch + 1, "global_step": trainer.global_step, **metrics}
     trainer.history.append(record)
@@ -456,8 +461,8 @@ def write_metrics_json(out: Path, trainer: TrainerState, summary: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     try:
         args, overrides = parse_args(argv)
-        if args.pack_args:
-            print(" ".join(pack_arguments(load_config(args.config, overrides))))
+        if args.pack_args is not None:
+            print(" ".join(pack_arguments(load_config(args.config, overrides), args.pack_args)))
             return 0
         run(argv)
     except (ConfigError, FileNotFoundError) as error:

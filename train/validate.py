@@ -1,5 +1,6 @@
-"""The validation pass: every validation clip scored once across all ranks, the score rule (``score.rule``,
-``models.scoring``) fitted on them, and the metrics ``train.loop`` selects the best checkpoint by."""
+"""The validation pass: every validation clip scored once across all ranks (each output averaged over the clip's
+time views when the shards hold them, as inference does), the score rule (``score.rule``, ``models.scoring``) fitted
+on them, and the metrics ``train.loop`` selects the best checkpoint by."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tqdm import tqdm
 
 from competition import compute_metrics
 from models.batch import to_device
-from models.scoring import ScoreRule, evidence, fit_score_rule
+from models.scoring import ScoreRule, evidence, fit_score_rule, mean_per_clip
 from train.config import Config
 from train.data import eval_loader
 from train.parts import gather_predictions
@@ -44,13 +45,14 @@ class Validation:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, cfg: Config, urls: list[str], accelerator) -> Validation:
+def evaluate(model: torch.nn.Module, cfg: Config, urls: list[str], accelerator, views: int = 1) -> Validation:
     """Validation on the unwrapped model (no DDP collective inside the loop), then one gather of all ranks; the
-    score rule is fitted on the gathered clips (every rank fits the same one)."""
+    score rule is fitted on the gathered clips (every rank fits the same one). ``views`` > 1: each shard sample
+    holds that many time views (``train.data.validation_views``), and a clip's outputs are their mean."""
     was_training = model.training
     model.eval()
     local = []
-    for batch in tqdm(eval_loader(urls, cfg, accelerator.process_index, accelerator.num_processes),
+    for batch in tqdm(eval_loader(urls, cfg, accelerator.process_index, accelerator.num_processes, views),
                       desc="validate", unit="batch", leave=False, disable=not accelerator.is_main_process):
         batch = to_device(batch, accelerator.device)
         with accelerator.autocast():
@@ -59,7 +61,7 @@ def evaluate(model: torch.nn.Module, cfg: Config, urls: list[str], accelerator) 
         for i, key in enumerate(batch["key"]):
             local.append((key, int(batch["label"][i]), {name: float(v[i]) for name, v in ev.items()}))
     model.train(was_training)
-    rows, n_evaluated = gather_predictions(accelerator, local)
+    rows, n_evaluated = gather_predictions(accelerator, mean_over_views(local))
     labels = np.array([r[1] for r in rows])
     known = labels >= 0
     if not known.any():
@@ -77,3 +79,16 @@ def evaluate(model: torch.nn.Module, cfg: Config, urls: list[str], accelerator) 
         if valid.any():  # the clips that have the head's modality
             metrics[f"{prefix}_auc"] = compute_metrics(labels[valid], heads[name][valid])["auc"]
     return Validation(metrics, rule, [r[0] for r in rows], labels, scores, heads)
+
+
+def mean_over_views(rows: list[tuple]) -> list[tuple]:
+    """(key, label, evidence) rows of time views -> one row per key, each output the mean over its views
+    (``models.scoring.mean_per_clip``, as inference averages them); a sample's views all come from one rank."""
+    keys = list(dict.fromkeys(row[0] for row in rows))
+    if len(keys) == len(rows):
+        return rows
+    index = {key: i for i, key in enumerate(keys)}
+    owner = np.array([index[row[0]] for row in rows])
+    labels = {row[0]: row[1] for row in rows}
+    means = {name: mean_per_clip(np.array([row[2][name] for row in rows]), owner, len(keys)) for name in rows[0][2]}
+    return [(key, labels[key], {name: float(v[i]) for name, v in means.items()}) for i, key in enumerate(keys)]
