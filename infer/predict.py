@@ -95,12 +95,9 @@ class Predictor:
         if self.tta:  # mirrored faces: a deepfake cue should not depend on left/right
             flipped = dict(batch, frames=batch["frames"].flip(-1))
             outputs.append(self.model(flipped))
-        fused = self.rule.rule == "fused"
-        if not fused:  # the rule reads every output, averaged over the views
-            per_view = [evidence(o) for o in outputs]
-            ev = {name: mean_per_clip(np.stack([v[name] for v in per_view]), owner, len(samples))
-                  for name in per_view[0]}
-            scores, strongest = self.rule.probability(ev), self.rule.strongest(ev)
+        per_view = [evidence(o) for o in outputs]  # the rule reads every output, averaged over the views
+        ev = {name: mean_per_clip(np.stack([v[name] for v in per_view]), owner, len(samples)) for name in per_view[0]}
+        scores, strongest = self.rule.probability(ev), self.rule.strongest(ev)  # as validation scores a clip
         probability = {key: mean_per_clip(np.stack([torch.sigmoid(o[key].float()).cpu().numpy() for o in outputs]),
                                              owner, len(samples))
                        for key in ("logit", "audio_logit", "visual_logit") if key in outputs[0]}
@@ -108,8 +105,7 @@ class Predictor:
                 if "sync_score" in outputs[0] else None)  # lip/audio synchrony evidence, of the unmirrored views
         result = []
         for i in range(len(samples)):
-            row = {"score": float(probability["logit"][i]) if fused else float(scores[i]),
-                   "strongest": "" if fused else strongest[i]}
+            row = {"score": float(scores[i]), "strongest": strongest[i]}
             for head in ("audio", "visual"):
                 key = f"{head}_logit"
                 row[f"{head}_score"] = float(probability[key][i]) if key in probability else None

@@ -330,3 +330,31 @@ def test_native_rate_shards_match_a_native_rate_config_whatever_their_rate(tmp_p
     assert check_shards_match([str(tmp_path / "shard-000000.tar")], native, "train")["fps"] == 30.0
     assert pack_arguments(native)[-1] == "--native-rate"
     assert "--native-rate" not in pack_arguments(load_config(ROOT / "configs" / "tiny.yaml"))
+
+
+def test_validation_clips_are_packed_with_the_time_views_inference_reads(tiny_shards, caplog):
+    """`--pack-args val` packs score.time_views x the windows; validation reads those clips as views, reads shards
+    of the training windows as single clips with a warning, and refuses anything else naming the repack."""
+    from train.config import ConfigError
+    from train.data import pack_arguments, shard_urls, validation_views
+
+    small = load_config(ROOT / "configs" / "small.yaml")
+    assert small.score.time_views == 2 and small.data.windows == 4
+    assert pack_arguments(small, "val")[:2] == ["--windows", "8"]
+    assert pack_arguments(small, "val")[2:] == pack_arguments(small)[2:]
+    assert pack_arguments(small)[:2] == ["--windows", "4"]
+    tiny = load_config(ROOT / "configs" / "tiny.yaml")
+    assert pack_arguments(tiny, "val") == pack_arguments(tiny, "train")  # one view
+    with pytest.raises(ValueError, match="one of"):
+        pack_arguments(tiny, "test")
+
+    urls = shard_urls(tiny_shards["val"], "val")  # 2 windows of 2 frames
+    views = ["data.windows=1", "score.time_views=2"]
+    assert validation_views(urls, load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, *views])) == 2
+    assert validation_views(urls, load_config(ROOT / "configs" / "tiny.yaml", TINY_TEST_OVERRIDES)) == 1
+    with caplog.at_level("WARNING"):
+        single = load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, "score.time_views=2"])
+        assert validation_views(urls, single) == 1
+    assert "repack them with `--pack-args val`" in caplog.text
+    with pytest.raises(ConfigError, match=r"data.windows x score.time_views = 6 windows: repack with .*--pack-args val"):
+        validation_views(urls, load_config(ROOT / "configs" / "tiny.yaml", [*TINY_TEST_OVERRIDES, "data.windows=3", "score.time_views=2"]))

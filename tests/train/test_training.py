@@ -251,3 +251,42 @@ def test_channels_last_changes_the_layout_not_the_training(full_run, tiny_shards
     nhwc, nchw = step_losses(full_run), step_losses(out)
     assert nhwc.keys() == nchw.keys()
     np.testing.assert_allclose(list(nhwc.values()), list(nchw.values()), rtol=1e-4)
+
+
+def test_validation_scores_each_clip_as_inference_does_with_time_views(tiny_shards, tmp_path):
+    """Validation shards packed with `--pack-args val` hold score.time_views x the windows: validation averages each
+    clip's outputs over its views and fits the score rule on them, so a checkpoint's inference scores the
+    validation clips exactly as validation did (here 1 window x 2 views: the test shards' 2 windows)."""
+    import tarfile
+
+    from infer.predict import Predictor
+    from models import create_model
+    from models.checkpoint import save_best
+    from tests.train.conftest import decoded
+    from train.config import load_config
+    from train.data import shard_urls, validation_views
+    from train.parts import make_accelerator
+    from train.validate import evaluate
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml",
+                      [*TINY_TEST_OVERRIDES, "data.windows=1", "score.time_views=2", "score.rule=mean"])
+    urls = shard_urls(tiny_shards["val"], "val")
+    assert validation_views(urls, cfg) == 2
+    torch.manual_seed(0)
+    model = create_model(cfg).eval()
+    validation = evaluate(model, cfg, urls, make_accelerator(cfg), views=2)
+    assert validation.metrics["n"] == validation.metrics["n_evaluated"] == 11  # one row per clip, not per view
+
+    save_best(tmp_path / "best", model.state_dict(), cfg, {"score": validation.rule.to_dict()})
+    predictor = Predictor(tmp_path / "best")
+    assert predictor.time_views == 2
+    samples = {}
+    for shard in sorted(Path(tiny_shards["val"]).glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            members: dict = {}
+            for m in tar.getmembers():
+                key, _, ext = m.name.partition(".")
+                members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(m).read()
+        samples |= {json.loads(s["json"])["video_name"]: decoded(s) for s in members.values()}
+    inferred = predictor.score([samples[key] for key in validation.keys])
+    assert [row["score"] for row in inferred] == pytest.approx(validation.scores.tolist(), abs=1e-6)
