@@ -201,10 +201,12 @@ def _step(marker: Path, cmd: list, clear: Path | None = None) -> None:
 
 def experiment_spec(options: GeneralityOptions, held_out: list[str]) -> dict:
     """What a work folder's results depend on besides the code: held-out methods, the config file and its content,
-    overrides and packing arguments."""
+    overrides, and the packing arguments of each split (the config's and the extra ones)."""
+    cfg = load_config(options.config, options.overrides)
     return {"held_out": held_out, "config": str(options.config),
             "config_sha256": sha256(Path(options.config)),
-            "overrides": options.overrides, "pack_args": options.pack_args}
+            "overrides": options.overrides, "pack_args": options.pack_args,
+            "packing": {split: pack_arguments(cfg, split) for split in ("train", "val")}}
 
 
 def _reset_if_changed(out_dir: Path, spec: dict) -> None:

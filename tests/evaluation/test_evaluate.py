@@ -216,6 +216,9 @@ def test_generality_work_folder_depends_on_the_config_files_content(tmp_path):
     assert experiment_spec(options, ["vc_lpc"]) == before
     config.write_text("train:\n  epochs: 18\n")
     assert experiment_spec(options, ["vc_lpc"]) != before
+    config.write_text("score:\n  time_views: 2\n")  # the validation clips inference scores: packed again
+    packing = experiment_spec(options, ["vc_lpc"])["packing"]
+    assert int(packing["val"][1]) == 2 * int(packing["train"][1]) and packing["val"][2:] == packing["train"][2:]
 
 
 def test_generality_holds_methods_and_families_out_of_training(demo):
