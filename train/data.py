@@ -150,20 +150,13 @@ CLIP_OPTIONS = ("windows", "window_frames", "fps", "size", "mouth_size", "margin
 def check_shards_match(urls: list[str], cfg: Config, what: str, views: int = 1) -> dict:
     """Read the first sample: the shards' clip options (format, windows, frames, fps, crop sizes, margins) must
     be the config's (``views`` x ``data.windows`` windows), or a ConfigError says how to repack. Returns its meta."""
-    dataset = reader.make_dataset(urls, mode="eval", seed=0, epoch=0, shuffle_buffer=0, balance=False, rank=0,
-                                  world_size=1)
-    try:
-        sample = next(iter(dataset), None)
-    except ValueError as error:  # e.g. shards of an older format
-        raise ConfigError(f"{what} shards: {error}") from error
-    if sample is None:
-        raise FileNotFoundError(f"{what} shards {urls[0]}...: no samples")
-    meta = sample["meta"]
-    packed = {k: meta.get(k) for k in CLIP_OPTIONS}
-    packed["native_rate"] = bool(packed["native_rate"])  # shards packed before the option: fixed rate
-    wanted = {k: getattr(cfg.data, k) for k in CLIP_OPTIONS} | {"windows": cfg.data.windows * views}
-    compared = [k for k in CLIP_OPTIONS if not (k == "fps" and cfg.data.native_rate)]  # fps: each video's own
-    differ = [k for k in compared if packed[k] is None or abs(float(packed[k]) - float(wanted[k])) > 1e-6]
+    meta = _first_meta(urls, what)
+    _require_options(meta, cfg, what, views)
+    return meta
+
+
+def _require_options(meta: dict, cfg: Config, what: str, views: int) -> None:
+    differ, packed, wanted = _differing_options(meta, cfg, views)
     if differ:
         said = {k: f"data.{k}={wanted[k]}" for k in differ}
         if "windows" in said and views > 1:
@@ -173,30 +166,46 @@ def check_shards_match(urls: list[str], cfg: Config, what: str, views: int = 1) 
                           f"`python -m shards.pack ... $(python -m train --config CONFIG --pack-args {what})` or "
                           "override the data section to match the shards (inference extracts with the config's "
                           "options)")
-    return meta
+
+
+def _first_meta(urls: list[str], what: str) -> dict:
+    dataset = reader.make_dataset(urls, mode="eval", seed=0, epoch=0, shuffle_buffer=0, balance=False, rank=0,
+                                  world_size=1)
+    try:
+        sample = next(iter(dataset), None)
+    except ValueError as error:  # e.g. shards of an older format
+        raise ConfigError(f"{what} shards: {error}") from error
+    if sample is None:
+        raise FileNotFoundError(f"{what} shards {urls[0]}...: no samples")
+    return sample["meta"]
+
+
+def _differing_options(meta: dict, cfg: Config, views: int) -> tuple[list[str], dict, dict]:
+    """The clip options in which a packed sample's meta differs from the config's clips of ``views`` views, with
+    the packed and the wanted values."""
+    packed = {k: meta.get(k) for k in CLIP_OPTIONS}
+    packed["native_rate"] = bool(packed["native_rate"])  # shards packed before the option: fixed rate
+    wanted = {k: getattr(cfg.data, k) for k in CLIP_OPTIONS} | {"windows": cfg.data.windows * views}
+    compared = [k for k in CLIP_OPTIONS if not (k == "fps" and cfg.data.native_rate)]  # fps: each video's own
+    differ = [k for k in compared if packed[k] is None or abs(float(packed[k]) - float(wanted[k])) > 1e-6]
+    return differ, packed, wanted
 
 
 def validation_views(urls: list[str], cfg: Config) -> int:
     """How many time views validation reads per clip: ``score.time_views`` when the validation shards were packed
     with ``--pack-args val`` (the clips inference scores), so that the score rule is fitted on the view-averaged
     outputs inference combines; 1 for shards of the training clips' windows (a warning says how to repack). A
-    ConfigError for anything else."""
+    ConfigError, naming what inference reads, for anything else."""
     views = cfg.score.time_views
-    try:
-        check_shards_match(urls, cfg, "val", views)
-        return views
-    except ConfigError:
-        if views == 1:
-            raise
-        try:
-            check_shards_match(urls, cfg, "val")
-        except ConfigError:
-            check_shards_match(urls, cfg, "val", views)  # the error that names what inference reads
+    meta = _first_meta(urls, "val")
+    if views > 1 and _differing_options(meta, cfg, views)[0] and not _differing_options(meta, cfg, 1)[0]:
         log.warning("the validation shards hold clips of data.windows=%d windows while inference averages "
                     "score.time_views=%d views of them: validation reads single clips, so the score rule is "
                     "fitted on single clips' outputs; repack them with `--pack-args val` to validate what "
                     "inference scores", cfg.data.windows, views)
         return 1
+    _require_options(meta, cfg, "val", views)
+    return views
 
 
 def count_samples(directory: str | Path) -> dict[int, int]:
