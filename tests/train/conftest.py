@@ -107,6 +107,21 @@ def train_cmd(shards: dict, out: Path, *extra: str) -> list:
             "--val-shards", shards["val"], "--out", out, *TINY_TEST_OVERRIDES, *extra]
 
 
+def read_samples(directory: Path) -> list[dict]:
+    """Every sample of a shard folder as the reader yields it, in shard order."""
+    import tarfile
+
+    samples = []
+    for shard in sorted(Path(directory).glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            members: dict = {}
+            for member in tar.getmembers():
+                key, _, ext = member.name.partition(".")
+                members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
+        samples += [decoded(s) for s in members.values()]
+    return samples
+
+
 def decoded(sample: dict) -> dict:
     """A written sample as the reader yields it (shards.format.decode: the one decoder)."""
     from shards.format import decode

@@ -28,7 +28,7 @@ import torch
 
 from models.batch import collate, prepare
 from models.checkpoint import load_for_inference
-from tests.train.conftest import ROOT, TINY_TEST_OVERRIDES, decoded, run_cli, train_cmd
+from tests.train.conftest import ROOT, TINY_TEST_OVERRIDES, read_samples, run_cli, train_cmd
 from train.parts import optimizer_kernel
 
 # MLflow and plots are covered in test_training.py; every process runs the face pretraining stage
@@ -181,14 +181,7 @@ def test_ddp_bf16_autocast_learns_and_saves_a_loadable_checkpoint(ddp_bf16, tiny
     losses = [step_losses(ddp_bf16)[s] for s in range(1, STEPS + 1)]
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1, losses
     model, cfg = load_for_inference(ddp_bf16 / "best")
-    samples = []
-    for shard in sorted(Path(tiny_shards["val"]).glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            members: dict = {}
-            for member in tar.getmembers():
-                key, _, ext = member.name.partition(".")
-                members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(member).read()
-        samples += [decoded(s) for s in members.values()]
+    samples = read_samples(tiny_shards["val"])
     with torch.no_grad():
         logits = model(collate([prepare(s, cfg.data) for s in samples]))["logit"]
     assert torch.isfinite(logits).all() and logits.std() > 0

@@ -138,10 +138,8 @@ def test_mlflow_store_holds_the_run(full_run):
 
 
 def test_best_checkpoint_reproduces_its_validation_metrics(full_run, tiny_shards):
-    import tarfile
-
     from models.batch import collate, prepare
-    from tests.train.conftest import decoded
+    from tests.train.conftest import read_samples
 
     model, cfg = load_for_inference(full_run / "best")
     rule = load_score_rule(full_run / "best", cfg)
@@ -152,14 +150,7 @@ def test_best_checkpoint_reproduces_its_validation_metrics(full_run, tiny_shards
     # every output, measured on the validation set's genuine clips (the no-face clip has no visual evidence)
     assert set(rule.center) == {"logit", "audio_logit", "visual_logit", "sync_score", "blend_logit"}
     assert rule.genuine_clips == 6 and rule.slope > 0
-    samples = []
-    for shard in sorted(Path(tiny_shards["val"]).glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            members: dict = {}
-            for m in tar.getmembers():
-                key, _, ext = m.name.partition(".")
-                members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(m).read()
-        samples += [decoded(s) for s in members.values()]
+    samples = read_samples(tiny_shards["val"])
     batch = collate([prepare(s, cfg.data) for s in samples])
     with torch.no_grad():
         out = model(batch)
@@ -257,12 +248,10 @@ def test_validation_scores_each_clip_as_inference_does_with_time_views(tiny_shar
     """Validation shards packed with `--pack-args val` hold score.time_views x the windows: validation averages each
     clip's outputs over its views and fits the score rule on them, so a checkpoint's inference scores the
     validation clips exactly as validation did (here 1 window x 2 views: the test shards' 2 windows)."""
-    import tarfile
-
     from infer.predict import Predictor
     from models import create_model
     from models.checkpoint import save_best
-    from tests.train.conftest import decoded
+    from tests.train.conftest import read_samples
     from train.config import load_config
     from train.data import shard_urls, validation_views
     from train.parts import make_accelerator
@@ -280,13 +269,6 @@ def test_validation_scores_each_clip_as_inference_does_with_time_views(tiny_shar
     save_best(tmp_path / "best", model.state_dict(), cfg, {"score": validation.rule.to_dict()})
     predictor = Predictor(tmp_path / "best")
     assert predictor.time_views == 2
-    samples = {}
-    for shard in sorted(Path(tiny_shards["val"]).glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            members: dict = {}
-            for m in tar.getmembers():
-                key, _, ext = m.name.partition(".")
-                members.setdefault(key, {"__key__": key})[ext] = tar.extractfile(m).read()
-        samples |= {json.loads(s["json"])["video_name"]: decoded(s) for s in members.values()}
+    samples = {s["key"]: s for s in read_samples(tiny_shards["val"])}
     inferred = predictor.score([samples[key] for key in validation.keys])
     assert [row["score"] for row in inferred] == pytest.approx(validation.scores.tolist(), abs=1e-6)
