@@ -3,7 +3,7 @@
 
     clip = extract(path, ExtractOptions(windows=4, window_frames=16, size=224), FaceDetector())
 
-Timing (the project contract, format 2): the clip is the whole video capped at ``max_clip_seconds`` (centred). It
+Timing (the project contract, formats 2 and 3): the clip is the whole video capped at ``max_clip_seconds`` (centred). It
 is read in W = ``windows`` windows of K = ``window_frames`` consecutive frames at a rate r: ``fps`` (the video is
 resampled to it: frame k of a window is the one on screen at start + (k + 0.5) / r), or with ``native_rate`` the
 video's own rate (every frame of a window then a distinct source frame, evenly spaced; meta ``fps`` records r). The
@@ -53,6 +53,7 @@ from shards.faces import (
     square_box,
     track_main_face,
 )
+from shards.layout import FORMAT_VERSION
 
 AUDIO_SAMPLE_RATE = 16000
 FAILURE_REASONS = (
@@ -69,7 +70,7 @@ FAILURE_REASONS = (
 FALLBACKS = ("no_face", "no_audio", "audio_unreadable", "partial_audio", "truncated", "repeated_frames",
              "decode_errors")
 PARTIAL_AUDIO_SECONDS = 0.25
-FORMAT = 2  # the sample format (shards.format): windows of consecutive frames with mouth crops
+FORMAT = FORMAT_VERSION  # the sample format (shards.format): windows of consecutive frames with mouth crops
 FRAME_FIELDS = ("times", "frame_times", "boxes", "crop_boxes", "mouth_boxes", "scores")  # meta lists, one per frame
 AGREE_IOU = 0.6  # detected boxes this similar at both ends of a gap: interpolate the frames between
 

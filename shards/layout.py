@@ -20,7 +20,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-FORMAT_VERSION = 2  # the sample format (shards.extract.FORMAT): a folder packed by another version is refused
+FORMAT_VERSION = 3  # the sample format (shards.format; extraction writes it into each sample's json): a folder
+# packed by another version is refused
 OPTIONS_FILE = "options.json"
 MANIFEST_FILE = "manifest.json"
 STATUSES = ("packed", "packed_with_fallback", "failed")

@@ -28,15 +28,15 @@ def test_one_sample_per_video_with_contract_members(packed_full):
     with tarfile.open(urls[0]) as tar:
         names = tar.getnames()
     key = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
-    assert names[:11] == [f"{key}.{m}" for m in ("audio.npy", "cls", "f000.jpg", "f001.jpg", "f002.jpg", "f003.jpg",
-                                                  "json", "m000.jpg", "m001.jpg", "m002.jpg", "m003.jpg")]
+    assert names[:5] == [f"{key}.{m}" for m in ("audio.npy", "cls", "faces.jpgs", "json", "mouths.jpgs")]
+    assert not names[5].startswith(key)
     samples = samples_by_name(packed_full)
     assert sorted(samples) == sorted(GOOD_VIDEOS)
     for name, sample in samples.items():
         meta = sample["meta"]
         assert sample["frames"].dtype == torch.uint8 and tuple(sample["frames"].shape) == (4, 3, 64, 64)
         assert sample["mouths"].dtype == torch.uint8 and tuple(sample["mouths"].shape) == (4, 3, 32, 32)
-        assert meta["format"] == 2 and (meta["windows"], meta["window_frames"], meta["fps"]) == (1, 4, 25.0)
+        assert meta["format"] == 3 and (meta["windows"], meta["window_frames"], meta["fps"]) == (1, 4, 25.0)
         assert sample["label"] == GOOD_VIDEOS[name][0] == meta["label"]
         assert sample["has_face"] and sample["has_audio"] and meta["fallbacks"] == []
         span = meta["clip_end"] - meta["clip_start"]

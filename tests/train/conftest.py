@@ -1,6 +1,6 @@
-"""Tiny shards written directly in the contract's member format (json + fNN.jpg + audio.npy + cls), so the
-train tests need neither the synthetic video generator nor shards.pack. Fakes carry a learnable cue (a bright
-patch on the face crops and a higher-pitched tone), so a few optimizer steps lower the loss."""
+"""Tiny shards written directly in the contract's member format (json + faces.jpgs + mouths.jpgs + audio.npy +
+cls), so the train tests need neither the synthetic video generator nor shards.pack. Fakes carry a learnable cue (a
+bright patch on the face crops and a higher-pitched tone), so a few optimizer steps lower the loss."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import cv2
 import numpy as np
 import pytest
 import webdataset as wds
+
+from shards.format import FRAMES_EXT, MOUTHS_EXT, bundle_jpegs
+from shards.layout import FORMAT_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 # 32-px mouths, not 16: torch 2.11's CPU bf16 convolution returns garbage weight gradients (up to 1e33) for a 1x1
@@ -34,14 +37,14 @@ TINY_TEST_OVERRIDES = [
 
 def make_sample(index: int, label: int, rng: np.random.Generator, has_face: bool = True,
                 has_audio: bool = True) -> dict:
-    """A format-2 sample (shards.format) with a learnable cue in fakes: a bright patch on the face and mouth crops
+    """A sample of the shard format (shards.format) with a learnable cue in fakes: a bright patch on the face and mouth crops
     and a higher-pitched tone."""
     name = f"{index:032x}.mp4"
     key = name.replace(".", "_")
     span = SECONDS
     starts = [(w + 0.5) * span / WINDOWS - WINDOW_FRAMES / FPS / 2 for w in range(WINDOWS)]
     times = [s + (k + 0.5) / FPS for s in starts for k in range(WINDOW_FRAMES)]
-    meta = {"format": 2, "video_name": name, "label": label, "windows": WINDOWS, "window_frames": WINDOW_FRAMES,
+    meta = {"format": FORMAT_VERSION, "video_name": name, "label": label, "windows": WINDOWS, "window_frames": WINDOW_FRAMES,
             "frames": FRAMES, "fps": FPS, "size": SIZE, "mouth_size": MOUTH, "margin": 0.3, "mouth_scale": 0.5,
             "clip_start": 0.0, "clip_end": span, "window_starts": starts, "times": times, "frame_times": times,
             "boxes": [[0, 0, SIZE, SIZE] if has_face else None] * FRAMES, "scores": [0.9] * FRAMES,
@@ -50,14 +53,16 @@ def make_sample(index: int, label: int, rng: np.random.Generator, has_face: bool
             "source": {"duration": span, "fps": FPS, "width": 64, "height": 64, "has_audio": has_audio,
                        "audio_sample_rate": RATE, "audio_channels": 1, "num_faces": int(has_face)}}
     sample = {"__key__": key, "json": json.dumps(meta).encode(), "cls": str(label).encode()}
-    for kind, side in (("f", SIZE), ("m", MOUTH)):
-        for i in range(FRAMES):
+    for ext, side in ((FRAMES_EXT, SIZE), (MOUTHS_EXT, MOUTH)):
+        jpegs = []
+        for _ in range(FRAMES):
             crop = rng.integers(40, 120, (side, side, 3), dtype=np.uint8)
             if label == 1:
                 crop[side // 4:side // 2, side // 4:3 * side // 4] = 230
             ok, jpg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
             assert ok
-            sample[f"{kind}{i:03d}.jpg"] = jpg.tobytes()
+            jpegs.append(jpg.tobytes())
+        sample[ext] = bundle_jpegs(jpegs)
     t = np.arange(int(span * RATE)) / RATE
     tone = 0.3 * np.sin(2 * np.pi * (1500.0 if label == 1 else 300.0) * t) + 0.02 * rng.standard_normal(t.size)
     audio = (tone * 32767).astype(np.int16) if has_audio else np.zeros(0, np.int16)
