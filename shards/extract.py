@@ -3,7 +3,7 @@
 
     clip = extract(path, ExtractOptions(windows=4, window_frames=16, size=224), FaceDetector())
 
-Timing (the project contract, formats 2 and 3): the clip is the whole video capped at ``max_clip_seconds`` (centred). It
+Timing (the project contract since format 2): the clip is the whole video capped at ``max_clip_seconds`` (centred). It
 is read in W = ``windows`` windows of K = ``window_frames`` consecutive frames at a rate r: ``fps`` (the video is
 resampled to it: frame k of a window is the one on screen at start + (k + 0.5) / r), or with ``native_rate`` the
 video's own rate (every frame of a window then a distinct source frame, evenly spaced; meta ``fps`` records r). The

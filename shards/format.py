@@ -4,9 +4,9 @@ A sample (one video, format 3) is stored as ``<key>.json``, the T face crops in 
 crops in ``<key>.mouths.jpgs``, ``<key>.audio.npy`` (int16 mono over the clip) and ``<key>.cls`` (only when the label
 is known); T = windows x window_frames, window by window (see ``shards.extract`` for the timing and the json
 fields). A ``.jpgs`` member is a bundle of JPEG files: the count N and the N byte lengths as little-endian uint32,
-then the N files back to back. One member per kind instead of one per frame (format 2) makes a sample 5 tar members
-instead of 2T + 3: reading a packed `small` sample went from 2.5 to 0.5 ms, the tar headers being parsed in Python. ``decode`` turns the raw members (as WebDataset yields
-them, bytes per extension) into the reader's output::
+then the N files back to back. One member per kind instead of one per crop (format 2) makes a sample 5 tar members
+instead of 2T + 3: reading a packed `small` sample went from 2.5 to 0.5 ms, the tar headers being parsed in Python.
+``decode`` turns the raw members (as WebDataset yields them, bytes per extension) into the reader's output::
 
     {"frames": uint8 tensor [T, 3, S, S], "mouths": uint8 tensor [T, 3, M, M], "audio": float32 tensor [N] in
      [-1, 1], "label": int (-1 unknown), "key": exact video file name, "has_face": bool, "has_audio": bool,
@@ -158,13 +158,11 @@ def _crops(sample: dict, ext: str, count: int | None = None) -> list[memoryview]
     """The JPEG files of a bundle member, checked against the json's frame count when given."""
     try:
         crops = unbundle_jpegs(sample[ext])
+        if count is not None and len(crops) != count:
+            raise ValueError(f"{len(crops)} images where its json says {count} frames")
     except ValueError as error:
-        crops, problem = None, str(error)
-    else:
-        problem = f"{len(crops)} images where its json says {count} frames"
-    if crops is None or count is not None and len(crops) != count:
-        raise ValueError(f"sample {sample.get('__key__', '?')} ({sample.get('__url__', '?')}) member .{ext}: {problem}; "
-                         "the shard is damaged: repack it with `python -m shards.pack`")
+        raise ValueError(f"sample {sample.get('__key__', '?')} ({sample.get('__url__', '?')}) member .{ext}: {error}; "
+                         "the shard is damaged: repack it with `python -m shards.pack`") from None
     return crops
 
 
