@@ -37,15 +37,16 @@ TINY_TEST_OVERRIDES = [
 
 def make_sample(index: int, label: int, rng: np.random.Generator, has_face: bool = True,
                 has_audio: bool = True) -> dict:
-    """A sample of the shard format (shards.format) with a learnable cue in fakes: a bright patch on the face and mouth crops
-    and a higher-pitched tone."""
+    """A sample of the shard format (shards.format) with a learnable cue in fakes: a bright patch on the face and
+    mouth crops and a higher-pitched tone."""
     name = f"{index:032x}.mp4"
     key = name.replace(".", "_")
     span = SECONDS
     starts = [(w + 0.5) * span / WINDOWS - WINDOW_FRAMES / FPS / 2 for w in range(WINDOWS)]
     times = [s + (k + 0.5) / FPS for s in starts for k in range(WINDOW_FRAMES)]
-    meta = {"format": FORMAT_VERSION, "video_name": name, "label": label, "windows": WINDOWS, "window_frames": WINDOW_FRAMES,
-            "frames": FRAMES, "fps": FPS, "size": SIZE, "mouth_size": MOUTH, "margin": 0.3, "mouth_scale": 0.5,
+    meta = {"format": FORMAT_VERSION, "video_name": name, "label": label, "windows": WINDOWS,
+            "window_frames": WINDOW_FRAMES, "frames": FRAMES, "fps": FPS, "size": SIZE, "mouth_size": MOUTH,
+            "margin": 0.3, "mouth_scale": 0.5,
             "clip_start": 0.0, "clip_end": span, "window_starts": starts, "times": times, "frame_times": times,
             "boxes": [[0, 0, SIZE, SIZE] if has_face else None] * FRAMES, "scores": [0.9] * FRAMES,
             "fallbacks": ([] if has_face else ["no_face"]) + ([] if has_audio else ["no_audio"]),
