@@ -28,6 +28,7 @@ def trained_work_dir(synthetic_dataset, tmp_path_factory) -> tuple[Path, subproc
     return work, result
 
 
+@pytest.mark.slow
 def test_train_sh_packs_trains_and_leaves_the_checkpoint_for_infer(trained_work_dir):
     work, result = trained_work_dir
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -39,6 +40,7 @@ def test_train_sh_packs_trains_and_leaves_the_checkpoint_for_infer(trained_work_
     assert (work / "run" / "mlflow.db").is_file()
 
 
+@pytest.mark.slow
 def test_train_sh_rerun_skips_packed_shards(trained_work_dir, synthetic_dataset):
     work, _ = trained_work_dir
     tars = sorted((work / "shards" / "train").glob("*.tar"))
@@ -50,6 +52,7 @@ def test_train_sh_rerun_skips_packed_shards(trained_work_dir, synthetic_dataset)
     assert {p: p.stat().st_mtime_ns for p in tars} == before
 
 
+@pytest.mark.slow
 def test_infer_sh_writes_a_complete_submission(trained_work_dir, synthetic_dataset, tmp_path):
     work, _ = trained_work_dir
     out = tmp_path / "submission.csv"

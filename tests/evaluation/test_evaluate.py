@@ -266,6 +266,7 @@ def test_sync_check_scores_shifted_audio_against_the_same_clips_in_sync(demo):
              expect=1)  # no genuine video of those labels in that folder: a message, no empty table
 
 
+@pytest.mark.slow
 def test_speed_table_names_the_machine(demo):
     evaluate("speed", "--demo-dir", demo, "--workers", 2, *SPEED_ARGS)
     result = json.loads((demo / "eval" / "speed.json").read_text())

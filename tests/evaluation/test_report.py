@@ -12,6 +12,8 @@ import pytest
 from evaluation.common import binary_metrics, read_csv_rows
 from tests.evaluation.evaluation_demo import GENERALITY_ARGS, ROBUSTNESS_ARGS, SPEED_ARGS, build_demo
 
+pytestmark = pytest.mark.slow  # make test-slow and CI run it (make test leaves it out)
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "report" / "template.md"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

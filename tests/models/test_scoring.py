@@ -43,7 +43,7 @@ def synthetic_evidence(seed: int = 0, n: int = 400) -> tuple[dict[str, np.ndarra
     return {"logit": a, "audio_logit": b}, labels
 
 
-@pytest.mark.parametrize("rule", ["mean", "max"])
+@pytest.mark.parametrize("rule", ["mean", "logmeanexp", "max"])
 def test_fitted_rule_standardises_on_genuine_clips_and_keeps_the_combined_ranking(rule):
     ev, labels = synthetic_evidence()
     fitted = fit_score_rule(rule, ev, labels)
@@ -63,6 +63,18 @@ def test_fitted_rule_standardises_on_genuine_clips_and_keeps_the_combined_rankin
     assert fused_auc > roc_auc_score(labels[5:], ev["audio_logit"][5:]) + 0.05
     # the mapping is a calibrated probability: genuine clips score lower on average than fakes, near the base rate
     assert probability[genuine].mean() < 0.6 < probability[~genuine].mean()
+
+
+def test_logmeanexp_is_a_soft_maximum_over_the_outputs_a_clip_has():
+    rule = ScoreRule("logmeanexp", center={"logit": 0.0, "audio_logit": 0.0}, scale={"logit": 1.0, "audio_logit": 1.0})
+    ev = {"logit": np.array([0.5, 2.0, 1.0, 1000.0]), "audio_logit": np.array([0.5, -2.0, np.nan, 1000.0])}
+    combined = rule.combined(ev)
+    assert combined[0] == pytest.approx(0.5)  # outputs that agree: their common value
+    assert combined[1] == pytest.approx(np.log(np.cosh(2.0)))  # log((e^2 + e^-2) / 2): between the mean 0 and max 2
+    assert combined[2] == pytest.approx(1.0)  # a missing output is left out, not counted as exp(0)
+    assert combined[3] == pytest.approx(1000.0)  # no overflow
+    mean, largest = ScoreRule("mean", rule.center, rule.scale), ScoreRule("max", rule.center, rule.scale)
+    assert (mean.combined(ev) <= combined + 1e-12).all() and (combined <= largest.combined(ev) + 1e-12).all()
 
 
 def test_strongest_names_the_output_that_called_the_clip_fake():

@@ -279,6 +279,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_whatever_the_worker_count(tmp_path: Path) -> None:
     first, second, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     for out, seed, workers in ((first, 3, 2), (second, 3, 1), (other, 4, 2)):

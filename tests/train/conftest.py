@@ -11,12 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import webdataset as wds
 
-from shards.format import FRAMES_EXT, MOUTHS_EXT, bundle_jpegs
+from shards.format import FRAMES_EXT, MOUTHS_EXT, bundle_jpegs, encode_jpeg
 from shards.layout import FORMAT_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,9 +59,7 @@ def make_sample(index: int, label: int, rng: np.random.Generator, has_face: bool
             crop = rng.integers(40, 120, (side, side, 3), dtype=np.uint8)
             if label == 1:
                 crop[side // 4:side // 2, side // 4:3 * side // 4] = 230
-            ok, jpg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            assert ok
-            jpegs.append(jpg.tobytes())
+            jpegs.append(encode_jpeg(crop, 95))
         sample[ext] = bundle_jpegs(jpegs)
     t = np.arange(int(span * RATE)) / RATE
     tone = 0.3 * np.sin(2 * np.pi * (1500.0 if label == 1 else 300.0) * t) + 0.02 * rng.standard_normal(t.size)

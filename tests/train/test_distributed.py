@@ -108,6 +108,7 @@ def assert_healthy_two_process_run(out: Path, tiny_shards: dict) -> dict:
     return m
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run, precision, dtype", [("ds_fp32", "no", "torch.float32"),
                                                    ("ds_bf16", "bf16", "torch.bfloat16")])
 def test_deepspeed_zero2_trains_on_two_processes(run, precision, dtype, request, tiny_shards):
@@ -120,6 +121,7 @@ def test_deepspeed_zero2_trains_on_two_processes(run, precision, dtype, request,
     assert len(partitions) == 2 and "rank_0" in partitions[0] and "rank_1" in partitions[1]  # save_state on both
 
 
+@pytest.mark.slow
 def test_deepspeed_fp32_trains_the_same_model_as_ddp(ds_fp32, ddp_fp32, tiny_shards):
     """Same batches, clipping, accumulation and lr schedule: ZeRO-2 is DDP with sharded optimizer state."""
     assert_healthy_two_process_run(ddp_fp32, tiny_shards)
@@ -132,6 +134,7 @@ def test_deepspeed_fp32_trains_the_same_model_as_ddp(ds_fp32, ddp_fp32, tiny_sha
         assert ds_scores[key] == pytest.approx(ddp_scores[key], abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_deepspeed_resume_after_kill_9(ds_fp32, tiny_shards, tmp_path):
     out = tmp_path / "killed"
     extra = [*FP32, "train.save_every_steps=1"]
@@ -157,6 +160,7 @@ def test_deepspeed_resume_after_kill_9(ds_fp32, tiny_shards, tmp_path):
     assert killed, "the run finished before it could be killed; the comparison above still held"
 
 
+@pytest.mark.slow
 def test_deepspeed_checkpoint_scores_videos_like_a_ddp_one(ds_fp32, ddp_fp32, synthetic_dataset, tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
@@ -291,6 +295,7 @@ def test_a_training_step_never_waits_for_the_device():
     assert probe["reads"] == {}
 
 
+@pytest.mark.slow
 def test_compile_switch_trains_like_eager(tiny_shards, tmp_path):
     """train.compile traces the model with TorchDynamo + AOTAutograd (the aot_eager backend: inductor's code
     generation takes minutes on 2 cores) and must train the same model."""
@@ -306,6 +311,7 @@ def test_compile_switch_trains_like_eager(tiny_shards, tmp_path):
     load_for_inference(tmp_path / "compiled" / "best")  # same state_dict keys as an eager checkpoint
 
 
+@pytest.mark.slow
 def test_gpu_check_prepare_packs_with_the_overridden_clip_options(tmp_path):
     """--prepare (the CPU half of `make gpu-check`) packs what the overridden config trains on."""
     shards = tmp_path / "shards"
@@ -318,6 +324,7 @@ def test_gpu_check_prepare_packs_with_the_overridden_clip_options(tmp_path):
         assert (meta["margin"], meta["window_frames"]) == (0.35, 4)
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_on_the_cpu(tiny_shards, tmp_path):
     """`make gpu-check`'s script end to end on the CPU: three launch paths, inference, one JSON with every field."""
     shards = tmp_path / "shards"

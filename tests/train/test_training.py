@@ -92,6 +92,7 @@ def test_select_rule():
     assert is_selected(undefined, {"auc": None, "log_loss": 0.4}, "auc")  # single-class validation: log-loss
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9(full_run, tiny_shards, tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
