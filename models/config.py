@@ -113,14 +113,16 @@ class LossConfig:
 
 @dataclass
 class ScoreConfig:
-    # How a clip's outputs become its score (models.scoring). fused: the fused head's probability. mean / max:
-    # every output (fused, audio-only and visual-only heads, sync evidence negated, blend and voice heads)
-    # standardised on the genuine validation clips, then averaged / the largest taken, and mapped to a
-    # probability by a logistic fit on the validation labels; the statistics are stored in best/info.json.
-    rule: Literal["fused", "mean", "max"] = "fused"
+    # How a clip's outputs become its score (models.scoring). fused: the fused head's probability. mean /
+    # logmeanexp / max: every output (fused, audio-only and visual-only heads, sync evidence negated, blend, voice,
+    # face and lip heads) standardised on the genuine validation clips, then averaged / combined as
+    # log(mean(exp(z))) / the largest taken, and mapped to a probability by a logistic fit on the validation
+    # labels; the statistics are stored in best/info.json.
+    rule: Literal["fused", "mean", "logmeanexp", "max"] = "fused"
     # Inference only (``infer.Predictor``): N > 1 extracts N x data.windows windows and scores N clips of
     # interleaved windows (``models.batch.time_views``), each output averaged over them before the rule combines
-    # them. Training and validation read one clip of data.windows, so the rule's statistics are single clips'.
+    # them. Training reads one clip of data.windows; validation reads the same N views when its shards were packed
+    # with N x data.windows windows (``--pack-args val``), so that the rule's statistics are those inference uses.
     time_views: int = 1
 
 
