@@ -30,6 +30,7 @@ from evaluation.report_runs import (
 )
 from evaluation.shortcuts import FEATURES, SIGNIFICANCE
 from evaluation.speed import THROUGHPUT
+from models.scoring import describe_rule
 
 
 class Report:
@@ -75,10 +76,12 @@ class Report:
             doc = model_doc(name)
             parts.append(f"**{run.name}** (`{name}`):\n\n" + (f"```text\n{doc.strip()}\n```" if doc else "_(no "
                                                                                                          "description)_"))
-        parts.append("Decision rule: the video's score is sigmoid of the model's main logit; a video whose "
-                     "extraction fails scores the neutral value and is listed in the submission's failures file; "
-                     "no face -> audio-only view, no audio -> visual-only view (the fallbacks column of "
-                     "`.details.csv`).")
+            score = run.config.get("score", {})
+            parts.append(f"Decision rule of {run.name}: "
+                         f"{describe_rule(score.get('rule', 'fused'), score.get('time_views', 1))}")
+        parts.append("A video whose extraction fails scores the neutral value and is listed in the submission's "
+                     "failures file; no face -> audio-only view, no audio -> visual-only view (the fallbacks column "
+                     "of `.details.csv`).")
         return "\n\n".join(parts)
 
     # 3

@@ -9,7 +9,7 @@ For each chosen video it writes PNGs and one HTML page that shows them together:
 - ``<stem>_modalities.png``: fused, audio-only and visual-only head scores and the CLS attention mass on the face,
   lip and audio tokens.
 Numbers behind the figures go to ``explain.json``: per video its submission ``score`` (under the checkpoint's
-``score.rule``, with the ``strongest_evidence`` of a ``mean``/``max`` rule), the fused, audio-only and visual-only
+``score.rule``, with the ``strongest_evidence`` of a late-fusion rule), the fused, audio-only and visual-only
 head scores, the per-frame token scores and the sync curve.
 """
 

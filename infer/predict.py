@@ -7,7 +7,7 @@ the files are the competition's (``competition``): inference imports nothing fro
 
 Every video gets a row: a failed extraction scores ``NEUTRAL_SCORE`` and is listed in ``<out>.failures.csv`` with
 its reason; no face -> the model's audio-only path, no audio -> the visual-only path (both flagged in
-``<out>.details.csv``, which also names the output that called each clip fake under a ``mean``/``max`` rule).
+``<out>.details.csv``, which also names the output that called each clip fake under a late-fusion rule).
 Nothing fails silently: the face detector must find the face in a known portrait before any video is read (exit
 5 naming the missing piece otherwise), and when more than ``--max-failed-fraction`` of the videos fail the CSV is
 still written but the exit code is 4, with the most common reasons and their counts on stderr. Exit codes: 0 ok,
@@ -57,7 +57,7 @@ class Prediction:
     reason: str = ""
     audio_score: float | None = None
     visual_score: float | None = None
-    strongest: str = ""  # the output that called the clip fake (score.rule mean/max; models.scoring)
+    strongest: str = ""  # the output that called the clip fake (a late-fusion score.rule; models.scoring)
 
 
 # --- the model ----------------------------------------------------------------------------------------------

@@ -131,6 +131,19 @@ class ScoreRule:
         return rule
 
 
+COMBINATIONS = {"mean": "averaged", "logmeanexp": "combined as log(mean(exp(z)))", "max": "the largest taken"}
+
+
+def describe_rule(rule: str, time_views: int = 1) -> str:
+    """One sentence on how a video's score comes from a model's outputs under ``score.rule`` (the report's)."""
+    views = f", each output averaged over {time_views} time views of the video first" if time_views > 1 else ""
+    if rule == "fused":
+        return f"the video's score is the sigmoid of the fused head's logit{views}."
+    return (f"`score.rule: {rule}`{views}: every output of the model, standardised (z) by its mean and s.d. on the "
+            f"genuine validation clips, {COMBINATIONS[rule]}, then mapped to a probability by a logistic fit on the "
+            "validation labels.")
+
+
 def fit_score_rule(rule: str, ev: dict[str, np.ndarray], labels: np.ndarray) -> ScoreRule:
     """``rule`` fitted on validation clips: ``ev`` their evidence, ``labels`` 0 genuine / 1 fake / -1 unknown
     (left out). ValueError when there are fewer than two genuine clips to measure."""

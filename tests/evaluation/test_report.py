@@ -59,6 +59,7 @@ def test_every_section_is_filled(report):
         if explain or title != "11. Interpretability":
             assert "Not available" not in body, f"section {title!r} is missing its evaluation:\n{body[:500]}"
     assert "$" not in markdown.replace("$ ", "")  # no unfilled template placeholder
+    assert "Decision rule of" in markdown and "sigmoid of the model's main logit" not in markdown
 
 
 def test_every_figure_is_a_generated_png(report):

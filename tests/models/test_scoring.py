@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from models.scoring import ScoreRule, evidence, fit_score_rule, mean_per_clip
+from models.scoring import ScoreRule, describe_rule, evidence, fit_score_rule, mean_per_clip
 
 
 def outputs(n: int = 4) -> dict[str, torch.Tensor]:
@@ -126,3 +126,10 @@ def test_mean_per_clip_averages_each_clips_views_and_skips_missing_ones():
                       [3.0, 5.0, np.nan, 7.0, np.nan]])  # e.g. the clips and their mirror images
     means = mean_per_clip(views, owner, 3)
     assert means[:2].tolist() == [3.0, 6.0] and np.isnan(means[2])  # NaN only where every view lacks it
+
+
+def test_the_report_names_each_rule_as_it_scores():
+    assert "fused head" in describe_rule("fused") and "time views" not in describe_rule("fused")
+    text = describe_rule("logmeanexp", 2)
+    assert "log(mean(exp(z)))" in text and "averaged over 2 time views" in text and "genuine validation" in text
+    assert "averaged," in describe_rule("mean") and "the largest" in describe_rule("max")
