@@ -77,6 +77,18 @@ def test_logmeanexp_is_a_soft_maximum_over_the_outputs_a_clip_has():
     assert (mean.combined(ev) <= combined + 1e-12).all() and (combined <= largest.combined(ev) + 1e-12).all()
 
 
+def test_clips_far_beyond_the_validation_range_keep_their_ranking_at_six_decimals():
+    ev, labels = synthetic_evidence()
+    fitted = fit_score_rule("logmeanexp", ev, labels)
+    assert fitted.link == "cauchy" and fitted.slope > 0
+    z = np.array([12.0, 20.0, 50.0, 120.0, 1000.0])  # standardised values no validation clip came near
+    far = {name: z * fitted.scale[name] + fitted.center[name] for name in ev}
+    printed = [f"{p:.6f}" for p in fitted.probability(far)]
+    assert printed == sorted(set(printed)) and "1.000000" not in printed  # distinct, increasing, none saturated
+    logistic = ScoreRule(**{**fitted.to_dict(), "link": "logistic"})
+    assert [f"{p:.6f}" for p in logistic.probability(far)][1:] == ["1.000000"] * 4  # what the logistic map did
+
+
 def test_strongest_names_the_output_that_called_the_clip_fake():
     ev, labels = synthetic_evidence()
     fitted = fit_score_rule("max", ev, labels)
@@ -100,6 +112,10 @@ def test_rules_round_trip_and_refuse_what_cannot_be_fitted_or_applied():
     fitted = fit_score_rule("mean", ev, labels)
     again = ScoreRule.from_dict(fitted.to_dict())
     np.testing.assert_array_equal(again.probability(ev), fitted.probability(ev))
+    before_links = {k: v for k, v in fitted.to_dict().items() if k != "link"}  # info.json of older checkpoints
+    assert ScoreRule.from_dict(before_links).link == "logistic"
+    with pytest.raises(ValueError, match="malformed"):
+        ScoreRule.from_dict({**fitted.to_dict(), "link": "probit"})
     with pytest.raises(ValueError, match="at least 2"):
         fit_score_rule("mean", ev, np.ones_like(labels))
     with pytest.raises(ValueError, match="not one of"):
