@@ -116,8 +116,8 @@ class ScoreConfig:
     # How a clip's outputs become its score (models.scoring). fused: the fused head's probability. mean /
     # logmeanexp / max: every output (fused, audio-only and visual-only heads, sync evidence negated, blend, voice,
     # face and lip heads) standardised on the genuine validation clips, then averaged / combined as
-    # log(mean(exp(z))) / the largest taken, and mapped to a probability by a logistic fit on the validation
-    # labels; the statistics are stored in best/info.json.
+    # log(mean(exp(z))) / the largest taken, and mapped to a probability by a Cauchy CDF fitted on the validation
+    # labels (its slow tail keeps the ranking at 6 decimals); the statistics are stored in best/info.json.
     rule: Literal["fused", "mean", "logmeanexp", "max"] = "fused"
     # Inference only (``infer.Predictor``): N > 1 extracts N x data.windows windows and scores N clips of
     # interleaved windows (``models.batch.time_views``), each output averaged over them before the rule combines
