@@ -7,10 +7,10 @@ that larger means more fake (``EVIDENCE``): the fused, audio-only and visual-onl
 evidence negated, and the blend, voice, face and lip logits when the model has those heads. Each is standardised by
 its mean and s.d. over the genuine validation clips; a clip's standardised values z are then averaged (``mean``),
 combined as log(mean(exp(z))) (``logmeanexp``: a soft maximum, near the mean when the outputs agree and led by the
-few that stand out when they do not), or the largest is taken (``max``). Evidence a clip cannot have (no audio: the audio, voice and sync evidence; no face: the
-visual, blend, face, lip and sync evidence) is left out of that clip. A Cauchy CDF fitted to the
-validation labels maps the combined value to a probability; the map is increasing and its tail slow, so the ranking
-(and the AUC) is the combined value's even at the 6 decimals of a submission (``LINKS``).
+few that stand out when they do not), or the largest is taken (``max``). Evidence a clip cannot have (no audio: the
+audio, voice and sync evidence; no face: the visual, blend, face, lip and sync evidence) is left out of that clip. A
+Cauchy CDF fitted to the validation labels maps the combined value to a probability; the map is increasing and its
+tail slow, so the ranking (and the AUC) is the combined value's even at the 6 decimals of a submission (``LINKS``).
 
 Why: the fused head under-uses evidence that scores unseen fakes well on its own (README "Generality protocol":
 the sync evidence alone scores the unseen audio-offset family at 0.997, the fused head 0.74-0.88). Most fakes
@@ -143,8 +143,8 @@ def describe_rule(rule: str, time_views: int = 1) -> str:
     if rule == "fused":
         return f"the video's score is the sigmoid of the fused head's logit{views}."
     return (f"`score.rule: {rule}`{views}: every output of the model, standardised (z) by its mean and s.d. on the "
-            f"genuine validation clips, {COMBINATIONS[rule]}, then mapped to a probability by a Cauchy CDF fitted "
-            "on the validation labels.")
+            f"genuine validation clips, {COMBINATIONS[rule]}, then mapped to a probability by an increasing map "
+            "fitted on the validation labels.")
 
 
 def fit_score_rule(rule: str, ev: dict[str, np.ndarray], labels: np.ndarray) -> ScoreRule:
