@@ -36,7 +36,7 @@ Stream heads (``model.stream_heads``): a linear head on each frame's face token 
 before fusion; their clip means ``face_logit`` and ``lip_logit`` are trained by ``loss.stream`` on the visual label
 as a noisy OR (``noisy_or_loss``): a fake needs one stream that calls it fake, a genuine clip needs both to call it
 genuine. Most visual fakes of a lip-sync-heavy training set change the mouth only; with the face stream alone on
-the visual label, those teach it to call genuine-looking faces fake (README "Generality protocol"), while under the
+the visual label, those teach it to call genuine-looking faces fake (report/experiments.md), while under the
 OR the lip stream can take them. They are evidence for ``score.rule``; the fused head does not read them.
 """
 

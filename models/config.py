@@ -42,7 +42,7 @@ class ModelConfig:
     face_motion: bool = False
     # The same for the mouth encoder: a mouth held still for a few frames and then jumping (a lip-sync generator
     # that moves it in steps) shows in the differences between consecutive mouth crops. One protocol run of small:
-    # that lip-sync method unchanged, not adopted (README).
+    # that lip-sync method unchanged, not adopted (report/experiments.md).
     mouth_motion: bool = False
     # A per-frame head on the face tokens that tells genuine faces from self-blended ones (train.augment.self_blend),
     # trained on those alone (loss.blend); the clip's mean of it, detached, is one more input of the fused head.

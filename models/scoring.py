@@ -12,7 +12,7 @@ audio, voice and sync evidence; no face: the visual, blend, face, lip and sync e
 Cauchy CDF fitted to the validation labels maps the combined value to a probability; the map is increasing and its
 tail slow, so the ranking (and the AUC) is the combined value's even at the 6 decimals of a submission (``LINKS``).
 
-Why: the fused head under-uses evidence that scores unseen fakes well on its own (README "Generality protocol":
+Why: the fused head under-uses evidence that scores unseen fakes well on its own (report/experiments.md:
 the sync evidence alone scores the unseen audio-offset family at 0.997, the fused head 0.74-0.88). Most fakes
 show in one or two outputs (a swapped face in the face and visual heads, a lip-sync fake in the lips and the sync
 evidence): ``mean`` dilutes them with the outputs that see nothing, ``logmeanexp`` much less.

@@ -269,7 +269,7 @@ def channel_colour(x: np.ndarray, low_db: float, corner_hz: float, tilt_db: floa
     """The clip as another microphone, room or phone line would colour it, at the same RMS level: ``low_db`` of
     gain below ``corner_hz`` (a smooth 4th-order shelf: negative is a high-pass, positive a boomy low end) and a
     tilt of ``tilt_db`` per octave around 1 kHz (clipped at +-12 dB). Meant for genuine voices recorded through
-    channels unlike the training speakers', which the voice encoder calls fake (README, "Generality protocol")."""
+    channels unlike the training speakers', which the voice encoder calls fake (report/experiments.md)."""
     spectrum = np.fft.rfft(x)
     freqs = np.fft.rfftfreq(x.size, 1.0 / sample_rate)
     shelf = low_db / (1.0 + (freqs / corner_hz) ** 4)

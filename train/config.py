@@ -77,13 +77,13 @@ class FacePretrainConfig:
     blend: float = 0.5  # share of the pairs that are self-blended
     pairs_per_clip: int = 4  # pairs taken from one clip (consecutive frames of a window)
     # AdamW, constant. At 1e-3 small's stage stayed at chance for 500-1000 steps, with seed 2 for all 3000 (accuracy
-    # 0.49); at 3e-4 it left chance within 300-500 steps with seeds 0, 1 and 2 (README "Generality protocol").
+    # 0.49); at 3e-4 it left chance within 300-500 steps with seeds 0, 1 and 2 (report/experiments.md).
     lr: float = 3.0e-4
     weight_decay: float = 0.05
     log_every_steps: int = 100
     # Also the training fakes whose category (the shards' meta) says the video is manipulated, as positives that
     # are never blended, and the faces of the audio-only fakes as genuine ones. Not self-supervised any more: the
-    # mouth-only fakes, whose frames look genuine, are positives too. One protocol run of small: not adopted (README).
+    # mouth-only fakes, whose frames look genuine, are positives too. One protocol run of small: not adopted (report/experiments.md).
     visual_fakes: bool = False
     # The face encoder's lr multiplier (times backbone_lr_scale) in the main training after the stage; 0 freezes
     # it there, so that the visual label, most of whose fakes are mouth-only, does not overwrite what the stage
@@ -113,7 +113,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     seed: int = 0
     # which validation epoch's weights become best/: "auc" the highest validation AUC, "last" the final epoch's
-    # (with a few dozen validation fakes the highest AUC is a noisy pick; see README "Generality protocol")
+    # (with a few dozen validation fakes the highest AUC is a noisy pick; see report/experiments.md)
     select: Literal["auc", "last"] = "auc"
     # validate after every N-th epoch and the last (the others only save the training state); best/ is picked among
     # the validated epochs. Each validation of small's 150 protocol clips costs about 12 s on 2 CPU cores.
