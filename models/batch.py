@@ -21,7 +21,7 @@ clip); ``key`` list[str].
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +55,8 @@ def prepare(sample: dict, inputs: InputConfig, check_shape: bool = True, augment
         audio = audio[:length]
     if not has_audio:
         audio = audio[:0]
+    if inputs.mouth_mask:
+        frames = grey_mouths(frames, meta)
     keep = np.ones(t, dtype=bool)
     if augment is not None:
         frames, mouths, audio, keep = augment(frames, mouths, audio)
@@ -86,6 +88,41 @@ def prepare(sample: dict, inputs: InputConfig, check_shape: bool = True, augment
         "blend_label": blend_label(meta, label, visual_label),
         "key": sample.get("key") or meta.get("video_name", "?"),
     }
+
+
+MOUTH_GREY = 128
+
+
+def mouth_region(meta: dict, t: int, size: int) -> tuple[int, int, int, int] | None:
+    """Rows and columns (y0, y1, x0, x1) of frame ``t``'s mouth box (meta ``mouth_boxes``) in its face crop of
+    ``size`` pixels (meta ``crop_boxes``, both in source pixels), clipped to the crop; None without those boxes."""
+    crops, mouths = meta.get("crop_boxes") or [], meta.get("mouth_boxes") or []
+    if t >= min(len(crops), len(mouths)) or crops[t] is None or mouths[t] is None:
+        return None
+    (cx0, cy0, cx1, _), (mx0, my0, mx1, my1) = crops[t], mouths[t]
+    scale = size / (cx1 - cx0)
+    y0, x0 = (max(0, min(size, int(np.floor((v - c) * scale)))) for v, c in ((my0, cy0), (mx0, cx0)))
+    y1, x1 = (max(0, min(size, int(np.ceil((v - c) * scale)))) for v, c in ((my1, cy0), (mx1, cx0)))
+    return y0, y1, x0, x1
+
+
+def grey_mouths(frames: torch.Tensor | np.ndarray, meta: dict,
+                times: Sequence[int] | None = None) -> torch.Tensor | np.ndarray:
+    """Face crops, uint8 tensor [N, 3, S, S] or array [N, S, S, 3] (the clip's frames ``times``; default all of
+    them) -> a copy with each frame's mouth region (``mouth_region``) mid grey (``data.mouth_mask``)."""
+    channels_first = isinstance(frames, torch.Tensor)
+    out = frames.clone() if channels_first else frames.copy()
+    size = frames.shape[-1] if channels_first else frames.shape[1]
+    for i, t in enumerate(range(len(frames)) if times is None else times):
+        region = mouth_region(meta, t, size)
+        if region is None:
+            continue
+        y0, y1, x0, x1 = region
+        if channels_first:
+            out[i, :, y0:y1, x0:x1] = MOUTH_GREY
+        else:
+            out[i, y0:y1, x0:x1] = MOUTH_GREY
+    return out
 
 
 def time_views(sample: dict, views: int) -> list[dict]:

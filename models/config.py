@@ -143,6 +143,11 @@ class InputConfig:
     margin: float = 0.3
     mouth_scale: float = 0.5
     max_clip_seconds: float = 10.0
+    # The face crops' mouth grey (``models.batch.grey_mouths``): each frame's mouth box, the region its mouth crop
+    # was cut from, is set to mid grey in its face crop, in training, validation and inference alike. The face
+    # stream then sees everything but what the lip stream reads, so mouth-only fakes (lip sync) look genuine to it
+    # and the stream heads' noisy OR leaves them to the lips. Not an extraction option: the shards are unchanged.
+    mouth_mask: bool = False
 
     @property
     def frames(self) -> int:

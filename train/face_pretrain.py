@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import IterableDataset
 from tqdm import tqdm
 
-from models.batch import modality_labels
+from models.batch import grey_mouths, modality_labels
 from shards import reader
 from shards.format import decode_faces, decode_meta
 from train.augment import augment_frames, self_blend
@@ -75,6 +75,8 @@ def clip_pairs(sample: dict, cfg: Config, rng: np.random.Generator) -> list[tupl
         blended = visual == 0 and rng.random() < pre.blend
         if blended:
             pair, _ = self_blend(pair, None, rng)
+        if cfg.data.mouth_mask:  # as models.batch.prepare greys them for the main training and inference
+            pair = grey_mouths(pair, meta, range(end - length + 1, end + 1))
         if aug.enabled:
             pair = augment_frames(pair, aug, rng)
         out.append((np.ascontiguousarray(pair.transpose(0, 3, 1, 2)), int(blended or visual == 1)))
