@@ -144,9 +144,10 @@ class InputConfig:
     mouth_scale: float = 0.5
     max_clip_seconds: float = 10.0
     # The face crops' mouth grey (``models.batch.grey_mouths``): each frame's mouth box, the region its mouth crop
-    # was cut from, is set to mid grey in its face crop, in training, validation and inference alike. The face
-    # stream then sees everything but what the lip stream reads, so mouth-only fakes (lip sync) look genuine to it
-    # and the stream heads' noisy OR leaves them to the lips. Not an extraction option: the shards are unchanged.
+    # was cut from, is set to mid grey in its face crop, in training, validation, inference and the face stage
+    # alike. The face stream then sees everything but what the lip stream reads, so mouth-only fakes (lip sync) look
+    # genuine to it and the stream heads' noisy OR leaves them to the lips. Not an extraction option: the shards are
+    # unchanged. Two protocol runs of small: not adopted (report/experiments.md).
     mouth_mask: bool = False
 
     @property
