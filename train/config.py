@@ -83,7 +83,8 @@ class FacePretrainConfig:
     log_every_steps: int = 100
     # Also the training fakes whose category (the shards' meta) says the video is manipulated, as positives that
     # are never blended, and the faces of the audio-only fakes as genuine ones. Not self-supervised any more: the
-    # mouth-only fakes, whose frames look genuine, are positives too. One protocol run of small: not adopted (report/experiments.md).
+    # mouth-only fakes, whose frames look genuine, are positives too. One protocol run of small: not adopted
+    # (report/experiments.md).
     visual_fakes: bool = False
     # The face encoder's lr multiplier (times backbone_lr_scale) in the main training after the stage; 0 freezes
     # it there, so that the visual label, most of whose fakes are mouth-only, does not overwrite what the stage
