@@ -147,7 +147,7 @@ class InputConfig:
     # was cut from, is set to mid grey in its face crop, in training, validation, inference and the face stage
     # alike. The face stream then sees everything but what the lip stream reads, so mouth-only fakes (lip sync) look
     # genuine to it and the stream heads' noisy OR leaves them to the lips. Not an extraction option: the shards are
-    # unchanged. Two protocol runs of small: not adopted (report/experiments.md).
+    # unchanged. Three seeds of small with and without it: not adopted (report/experiments.md).
     mouth_mask: bool = False
 
     @property
