@@ -111,7 +111,7 @@ class TrainConfig:
     step_gamma: float = 0.1
     grad_clip: float = 1.0  # 0 disables; under DeepSpeed it is written into the DeepSpeed config
     ema: bool = False
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # capped for short runs: the start weights keep <= 1% (train.parts.ema_decay_for)
     seed: int = 0
     # which validation epoch's weights become best/: "auc" the highest validation AUC, "last" the final epoch's
     # (with a few dozen validation fakes the highest AUC is a noisy pick; see report/experiments.md)

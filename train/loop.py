@@ -48,6 +48,7 @@ from train.face_pretrain import freeze_if_fixed, pretrain_face
 from train.parts import (
     EMA,
     build_optimizer,
+    ema_decay_for,
     lr_factor,
     make_accelerator,
     parameter_fingerprints,
@@ -112,6 +113,17 @@ def is_selected(metrics: dict, best: dict | None, rule: str) -> bool:
     return best is None or rule == "last" or selection_score(metrics) > selection_score(best)
 
 
+def ema_decay(cfg: Config, spe: int, config_file: str) -> float:
+    """train.ema_decay, capped for a run too short for it (train.parts.ema_decay_for), with a warning that says so."""
+    total = spe * cfg.train.epochs
+    decay = ema_decay_for(cfg.train.ema_decay, total)
+    if decay < cfg.train.ema_decay:
+        log.warning("%s: train.ema_decay=%s would leave %.0f%% of the EMA on the untrained start weights after %d "
+                    "optimizer steps; using %.5f (set train.ema_decay to at most that, or train longer)",
+                    config_file, cfg.train.ema_decay, 100 * cfg.train.ema_decay ** total, total, decay)
+    return decay
+
+
 def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
     """Config, accelerator, data, model, optimizer, tracker and (with --resume) the saved state."""
     args, overrides = parse_args(argv)
@@ -168,7 +180,7 @@ def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
     freeze_if_fixed(model, cfg)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, spe))
-    ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema else None
+    ema = EMA(model, ema_decay(cfg, spe, str(args.config))) if cfg.train.ema else None
     if cfg.train.compile:
         model.compile(backend=cfg.train.compile_backend)  # in place: state_dict keys and checkpoints unchanged
     # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper steps it once per process).
@@ -206,7 +218,7 @@ def setup(argv: list[str] | None = None) -> tuple[Job, TrainerState]:
                                 step=row["step"])
 
     summary = {"params": sizes, "code_version": version, "class_counts": counts, "val_views": val_views,
-               "world_size": world,
+               "world_size": world, "ema_decay": ema.decay if ema is not None else None,
                "distributed_type": str(accelerator.distributed_type.value), "device": str(accelerator.device),
                "mixed_precision": accelerator.mixed_precision, "param_dtype": str(next(unwrapped.parameters()).dtype),
                "model_wrapper": type(model).__name__}

@@ -61,6 +61,8 @@ def test_run_outputs(full_run):
     assert info["code_version"]["source_sha256"] and info["metrics"]["auc"] == metrics["best"]["auc"]
     pretrain = metrics["face_pretrain"]
     assert pretrain["steps"] == 4 and [row["step"] for row in pretrain["history"]] == [2, 4]
+    # train.ema_decay=0.5 over 6 steps would leave 1.6% of the EMA on the start weights: capped to 1%
+    assert metrics["ema_decay"] == pytest.approx(0.01 ** (1 / STEPS)) and 0.5 ** STEPS > 0.01
 
 
 def test_resume_after_stop_reproduces_the_uninterrupted_run(full_run, tiny_shards, tmp_path):
