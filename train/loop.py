@@ -54,6 +54,7 @@ from train.parts import (
     parameter_fingerprints,
     setup_logging,
     sync_buffers,
+    total_steps,
 )
 from train.tracking import make_tracker, save_plots
 from train.validate import evaluate
@@ -115,7 +116,7 @@ def is_selected(metrics: dict, best: dict | None, rule: str) -> bool:
 
 def ema_decay(cfg: Config, spe: int, config_file: str) -> float:
     """train.ema_decay, capped for a run too short for it (train.parts.ema_decay_for), with a warning that says so."""
-    total = spe * cfg.train.epochs
+    total = total_steps(cfg, spe)
     decay = ema_decay_for(cfg.train.ema_decay, total)
     if decay < cfg.train.ema_decay:
         log.warning("%s: train.ema_decay=%s would leave %.0f%% of the EMA on the untrained start weights after %d "

@@ -80,10 +80,15 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
     return torch.optim.AdamW(param_groups, lr=t.lr, betas=tuple(t.betas), **kernel)
 
 
+def total_steps(cfg: Config, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: the length the lr schedule and the EMA's decay cap are measured against."""
+    return max(1, cfg.train.epochs * steps_per_epoch)
+
+
 def lr_factor(cfg: Config, steps_per_epoch: int):
     """Multiplier of the base lr at optimizer step ``step``: linear warmup, then cosine / step / constant."""
     t = cfg.train
-    total = max(1, t.epochs * steps_per_epoch)
+    total = total_steps(cfg, steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < t.warmup_steps:
@@ -104,7 +109,7 @@ EMA_START_SHARE = 0.01  # the most the initial weights may keep of the EMA at th
 def ema_decay_for(decay: float, total_steps: int) -> float:
     """The EMA decay a run of ``total_steps`` optimizer steps uses: ``decay``, capped so that the weights the run
     started from keep at most 1% of the average at its end (``decay ** total_steps <= 0.01``). An average whose
-    horizon outlasts the run is mostly its untrained start: 0.999 over small's 1368 steps keeps 25% of it and
+    horizon outlasts the run keeps much of its untrained start: 0.999 over small's 1368 steps keeps 25% of it and
     scored the protocol's seen methods 0.70 instead of 0.88 (report/experiments.md)."""
     return min(decay, EMA_START_SHARE ** (1.0 / max(total_steps, 1)))
 
