@@ -37,7 +37,9 @@ before fusion; their clip means ``face_logit`` and ``lip_logit`` are trained by 
 as a noisy OR (``noisy_or_loss``): a fake needs one stream that calls it fake, a genuine clip needs both to call it
 genuine. Most visual fakes of a lip-sync-heavy training set change the mouth only; with the face stream alone on
 the visual label, those teach it to call genuine-looking faces fake (report/experiments.md), while under the
-OR the lip stream can take them. They are evidence for ``score.rule``; the fused head does not read them.
+OR the lip stream can take them. They are evidence for ``score.rule``; the fused head does not read them. With
+``model.stream_sync`` the OR has a third term, a learned logistic of the clip's detached sync evidence
+(``sync_explanation``): a fake whose lips do not follow its audio is explained by that.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ from models.layers import (
 from models.registry import register_model, timm_backbone
 
 FACE, LIPS, VOICE = 0, 1, 2  # modality indices
+# model.stream_sync's logistic starts at logit -2 x evidence - 1 (a genuine clip's evidence, about 2, gives p 0.01;
+# chance, 0, gives 0.27) and its two parameters move SYNC_OR_RATE x as fast as others: at a CPU run's lr (5e-4 over
+# about 1400 steps) a plain parameter moves by less than 1.
+SYNC_OR_INIT = (-2.0, -1.0)
+SYNC_OR_RATE = 10.0
 
 
 def _backbone(name: str, pretrained: str | None, drop_path: float, **kwargs) -> nn.Module:
@@ -170,6 +177,8 @@ class AVTransformer(nn.Module):
         self.voice_head = nn.Linear(d, 1) if m.voice_head else None  # the clip voice tokens' own audio-fake head
         self.face_head = nn.Linear(d, 1) if m.stream_heads else None  # per frame, face token (loss.stream)
         self.lip_head = nn.Linear(d, 1) if m.stream_heads else None  # per frame, lip token (loss.stream)
+        # model.stream_sync: (weight, bias) of the logistic on the detached sync evidence, scaled by SYNC_OR_RATE
+        self.stream_sync = nn.Parameter(torch.tensor(SYNC_OR_INIT) / SYNC_OR_RATE) if m.stream_sync else None
         # the fused head also reads the clip's sync evidence, whether it has any, and the detached blend / voice scores
         self.head = nn.Linear(d + 2 + int(m.blend_head) + int(m.voice_head), 1)
         self.audio_head = nn.Linear(d, 1)
@@ -323,6 +332,15 @@ class AVTransformer(nn.Module):
         any_pair = has.any(1)
         return score * any_pair, any_pair.float()
 
+    def sync_explanation(self, out: dict) -> torch.Tensor:
+        """model.stream_sync: per clip, the logit that its lips and audio are out of sync, a learned logistic of the
+        detached sync evidence (only the two calibration parameters learn from it); never for a clip without
+        lip-audio pairs."""
+        weight, bias = (self.stream_sync * SYNC_OR_RATE).unbind()
+        has_pairs = (out["visual_mask"] & out["audio_mask"]).any(1)
+        logit = weight * out["sync_score"].detach().float() + bias
+        return logit.masked_fill(~has_pairs, -1e4)
+
     def sync_loss(self, out: dict, genuine: torch.Tensor) -> torch.Tensor:
         """On genuine clips: InfoNCE of aligned lip/audio frames within each window (both ways) and the shift
         classification (shift 0 among -D..D)."""
@@ -368,15 +386,18 @@ class AVTransformer(nn.Module):
             parts["voice"] = masked_mean(bce(out["voice_logit"], y_audio), has_a)
             total = total + w.voice * parts["voice"]
         if self.face_head is not None:
-            parts["stream"] = masked_mean(noisy_or_loss(out["face_logit"], out["lip_logit"], y_visual), has_v)
+            streams = [out["face_logit"], out["lip_logit"]]
+            if self.stream_sync is not None:
+                streams.append(self.sync_explanation(out))
+            parts["stream"] = masked_mean(noisy_or_loss(streams, y_visual), has_v)
             total = total + w.stream * parts["stream"]
         return total, parts
 
 
-def noisy_or_loss(a: torch.Tensor, b: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per clip, the cross-entropy of P(fake) = 1 - (1 - sigmoid(a)) (1 - sigmoid(b)) against ``target`` (0/1):
-    genuine needs both logits low; fake needs either high, and its gradient goes mostly to the higher one."""
-    log_genuine = F.logsigmoid(-a.float()) + F.logsigmoid(-b.float())  # log P(both say genuine)
+def noisy_or_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Per clip, the cross-entropy of P(fake) = 1 - prod_i (1 - sigmoid(logit_i)) against ``target`` (0/1):
+    genuine needs every logit low; fake needs any one high, and its gradient goes mostly to the highest."""
+    log_genuine = sum(F.logsigmoid(-x.float()) for x in logits)  # log P(all say genuine)
     log_fake = torch.log(-torch.expm1(log_genuine.clamp(max=-1e-6)))  # log(1 - P(both say genuine))
     target = target.float().clamp(min=0)
     return -(target * log_fake + (1 - target) * log_genuine)

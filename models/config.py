@@ -53,6 +53,10 @@ class ModelConfig:
     # explained by the lips and need not teach the face stream to call genuine-looking faces fake. Their logits
     # are evidence for score.rule mean / max; the fused head does not read them.
     stream_heads: bool = False
+    # A third explanation in that noisy OR: the clip's sync evidence (detached) through a learned logistic, so a
+    # lip-sync fake whose lips do not follow its audio is explained by the synchrony and need not teach the face or
+    # lip stream to call it fake (neither stream sees those fakes at test: AUC 0.50-0.56 on lip sync).
+    stream_sync: bool = False
     # Mouth encoder: any timm model, applied per mouth crop, then a temporal convolution within each window.
     mouth_backbone: str = "resnet18"
     mouth_pretrained: str | None = None

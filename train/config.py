@@ -277,6 +277,9 @@ def validate(cfg: Config, source: str) -> None:
              "loss.blend > 0 and data.augment.self_blend > 0")
     if cfg.model.stream_heads:
         need(cfg.loss.stream > 0, "model.stream_heads learn from loss.stream: set loss.stream > 0")
+    if cfg.model.stream_sync:
+        need(cfg.model.stream_heads, "model.stream_sync adds the sync evidence to the stream heads' noisy OR: it needs "
+             "model.stream_heads: true")
     if cfg.model.clip_audio_crop:
         need(cfg.model.clip_audio_tokens > 0, "model.clip_audio_crop crops the audio of the clip voice tokens: it "
              "needs model.clip_audio_tokens > 0")

@@ -100,14 +100,14 @@ def test_voice_head_trains_the_clip_voice_encoder_on_the_audio_label():
 def test_noisy_or_needs_one_stream_for_a_fake_and_both_for_a_genuine_clip():
     high, low = torch.tensor([6.0]), torch.tensor([-6.0])
     fake, genuine = torch.tensor([1]), torch.tensor([0])
-    assert noisy_or_loss(high, low, fake) < 0.01 and noisy_or_loss(low, high, fake) < 0.01  # either stream will do
-    assert noisy_or_loss(low, low, fake) > 5
-    assert noisy_or_loss(low, low, genuine) < 0.01 and noisy_or_loss(low, high, genuine) > 5  # both must say genuine
+    assert noisy_or_loss([high, low], fake) < 0.01 and noisy_or_loss([low, high], fake) < 0.01  # either stream will do
+    assert noisy_or_loss([low, low], fake) > 5
+    assert noisy_or_loss([low, low], genuine) < 0.01 and noisy_or_loss([low, high], genuine) > 5  # both must say genuine
     a, b = torch.tensor([3.0], requires_grad=True), torch.tensor([-3.0], requires_grad=True)
-    ga, gb = torch.autograd.grad(noisy_or_loss(a, b, fake).sum(), [a, b])
+    ga, gb = torch.autograd.grad(noisy_or_loss([a, b], fake).sum(), [a, b])
     assert abs(ga.item()) > 5 * abs(gb.item())  # a fake's gradient goes mostly to the stream that already calls it
     expected = -torch.log(1 - torch.sigmoid(-a) * torch.sigmoid(-b)).detach()
-    assert torch.allclose(noisy_or_loss(a, b, fake).detach(), expected, atol=1e-6)
+    assert torch.allclose(noisy_or_loss([a, b], fake).detach(), expected, atol=1e-6)
 
 
 def test_stream_heads_score_face_and_lips_and_learn_from_the_visual_label():
@@ -124,6 +124,25 @@ def test_stream_heads_score_face_and_lips_and_learn_from_the_visual_label():
     per_clip = torch.autograd.grad(parts["stream"], out["face_logit"], retain_graph=True)[0]
     assert per_clip[2] == 0 and (per_clip[:2] != 0).all()
     assert torch.autograd.grad(parts["stream"], model.face.proj[1].weight)[0].abs().sum() > 0  # reaches the encoder
+
+
+def test_stream_sync_lets_an_out_of_sync_fake_spare_the_streams():
+    torch.manual_seed(0)
+    cfg = load_config(TINY, ["model.stream_heads=true", "loss.stream=0.5", "model.stream_sync=true"])
+    model = create_model(cfg)
+    batch = example_batch(cfg.data, 3)
+    batch["label"][:] = 1
+    batch["visual_label"][:] = 1
+    batch["audio_mask"][2] = False  # clip 2 has no lip-audio pair: the sync evidence explains nothing
+    out = model(batch)
+    out["sync_score"] = torch.tensor([-3.0, 3.0, -3.0])  # clip 0 out of sync, clip 1 in sync
+    explained = model.sync_explanation(out)
+    assert explained[0] > 0 > explained[1] and explained[2] < -100
+    _, parts = model.loss(out, batch)
+    per_clip = torch.autograd.grad(parts["stream"], out["face_logit"], retain_graph=True)[0].abs()
+    assert per_clip[0] < 0.5 * per_clip[1]  # the out-of-sync fake pushes the face stream less
+    weight, bias = torch.autograd.grad(parts["stream"], model.stream_sync)[0]
+    assert weight != 0 and bias != 0  # only the calibration learns from the evidence; the evidence is detached
 
 
 @torch.no_grad()
