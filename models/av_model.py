@@ -398,7 +398,7 @@ def noisy_or_loss(logits: list[torch.Tensor], target: torch.Tensor) -> torch.Ten
     """Per clip, the cross-entropy of P(fake) = 1 - prod_i (1 - sigmoid(logit_i)) against ``target`` (0/1):
     genuine needs every logit low; fake needs any one high, and its gradient goes mostly to the highest."""
     log_genuine = sum(F.logsigmoid(-x.float()) for x in logits)  # log P(all say genuine)
-    log_fake = torch.log(-torch.expm1(log_genuine.clamp(max=-1e-6)))  # log(1 - P(both say genuine))
+    log_fake = torch.log(-torch.expm1(log_genuine.clamp(max=-1e-6)))  # log(1 - P(all say genuine))
     target = target.float().clamp(min=0)
     return -(target * log_fake + (1 - target) * log_genuine)
 

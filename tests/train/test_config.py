@@ -84,6 +84,7 @@ def test_unknown_section_and_unknown_override():
     ("model.voice_head=true", "model.voice_head reads the clip voice tokens"),
     ("model.clip_audio_crop=true", "model.clip_audio_crop crops the audio of the clip voice tokens"),
     ("model.stream_heads=true", "model.stream_heads learn from loss.stream"),
+    ("model.stream_sync=true", "model.stream_sync adds the sync evidence to the stream heads. noisy OR: it needs"),
     ("train.face_pretrain.steps=-1", "train.face_pretrain.steps must be >= 0"),
     ("train.face_pretrain.steps=10 train.face_pretrain.blend=1.0", "share of blended pairs"),
     ("train.face_pretrain.steps=10 train.face_pretrain.lr_scale=-1", "train.face_pretrain.lr_scale must be >= 0"),
