@@ -106,12 +106,12 @@ def lr_factor(cfg: Config, steps_per_epoch: int):
 EMA_START_SHARE = 0.01  # the most the initial weights may keep of the EMA at the end of a run
 
 
-def ema_decay_for(decay: float, total_steps: int) -> float:
-    """The EMA decay a run of ``total_steps`` optimizer steps uses: ``decay``, capped so that the weights the run
-    started from keep at most 1% of the average at its end (``decay ** total_steps <= 0.01``). An average whose
+def ema_decay_for(decay: float, steps: int) -> float:
+    """The EMA decay a run of ``steps`` optimizer steps (``total_steps``) uses: ``decay``, capped so that the weights
+    the run started from keep at most 1% of the average at its end (``decay ** steps <= 0.01``). An average whose
     horizon outlasts the run keeps much of its untrained start: 0.999 over small's 1368 steps keeps 25% of it and
     scored the protocol's seen methods 0.70 instead of 0.88 (report/experiments.md)."""
-    return min(decay, EMA_START_SHARE ** (1.0 / max(total_steps, 1)))
+    return min(decay, EMA_START_SHARE ** (1.0 / max(steps, 1)))
 
 
 class EMA:
